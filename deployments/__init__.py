@@ -1,0 +1,1 @@
+"""Where things run: compute profiles (task runners) and Prefect deployments."""

@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks: probe -> plan -> upscale batches -> assemble."""

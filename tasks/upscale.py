@@ -1,0 +1,103 @@
+"""The upscale-batch task: retries, a cross-run cache keyed by the batch key, progress.
+
+The cache key is the batch key alone (source content hash, frame range, weights, settings,
+pipeline version), so a rerun of the same job - after a crash, or from another machine sharing
+the work directory - skips every batch whose chunk was already produced. The flow re-runs a
+batch with ``refresh_cache`` when its chunk is gone, so a cached result is never trusted
+without its chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+
+from vsrflow.engine import Upscaler
+from vsrflow.job import UpscaleJob
+from vsrflow.media.probe import VideoParams
+from vsrflow.models import get_model
+from vsrflow.pipeline import BatchResult
+from vsrflow.pipeline import upscale_batch as run_batch
+from vsrflow.plan import Batch, chunk_name
+from vsrflow.progress import BatchProgress
+
+#: Chaos-testing hook: comma-separated batch indices whose FIRST attempt fails (each once per
+#: work directory). Used by the test suite to prove retries; unset in normal operation.
+FAIL_ONCE_ENV = "VSRFLOW_FAIL_BATCH_ONCE"
+
+_upscalers: dict[tuple[Any, ...], Upscaler] = {}
+
+
+@dataclass
+class BatchKeyPolicy(CachePolicy):
+    """Cache key = the batch key; independent of flow run, task source and other inputs."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        batch = inputs.get("batch")
+        return f"upscale-batch-{batch.key}" if isinstance(batch, Batch) else None
+
+
+def batch_chunk_path(work_dir: str, batch: Batch) -> Path:
+    return Path(work_dir) / "chunks" / chunk_name(batch)
+
+
+def chunk_is_present(work_dir: str, batch: Batch) -> bool:
+    path = batch_chunk_path(work_dir, batch)
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _get_upscaler(job: UpscaleJob) -> Upscaler:
+    """One model and one engine per worker process, reused by every batch it runs."""
+    model = get_model(job.model, denoise_strength=job.denoise_strength, progress=False)
+    key = (model.weights_sha256, job.device, job.engine)
+    if key not in _upscalers:
+        _upscalers[key] = Upscaler(model.descriptor, settings=job.engine, device=job.device)
+    return _upscalers[key]
+
+
+def _maybe_fail_once(work_dir: str, batch: Batch) -> None:
+    wanted = {s.strip() for s in os.environ.get(FAIL_ONCE_ENV, "").split(",") if s.strip()}
+    if str(batch.index) not in wanted:
+        return
+    marker = Path(work_dir) / "faults" / f"{batch.key}.failed"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected failure of batch {batch.index} ({FAIL_ONCE_ENV})")
+
+
+@task(
+    name="upscale-batch",
+    task_run_name="batch-{batch.index}",
+    retries=2,
+    retry_delay_seconds=1,
+    cache_policy=BatchKeyPolicy(),
+    persist_result=True,
+)
+def upscale_batch(
+    video: VideoParams, batch: Batch, job: UpscaleJob, out_size: tuple[int, int], work_dir: str
+) -> BatchResult:
+    """Upscale one frame range into a chunk in ``work_dir``; result cached by batch key."""
+    _maybe_fail_once(work_dir, batch)
+    return run_batch(
+        video,
+        batch,
+        _get_upscaler(job),
+        batch_chunk_path(work_dir, batch),
+        encoder=job.encoder,
+        out_size=out_size,
+        progress=BatchProgress(work_dir, batch.key, batch.frame_count),
+    )

@@ -1,0 +1,171 @@
+"""Session-wide test setup for vsrflow.
+
+Why the environment is set here, at import time: pytest imports this conftest before any test
+module, so these defaults are in place before anything imports Prefect (Prefect reads its
+settings when first imported). ``setdefault`` keeps whatever a developer or CI exported.
+
+* PREFECT_HOME -> a fresh temp dir, so tests never touch ~/.prefect or a developer's database.
+* PREFECT_SERVER_ANALYTICS_ENABLED=false: there is no internet here.
+* PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90: the temporary server needs 15-30 s on
+  2 cores, more than Prefect's default allows.
+* PREFECT_LOGGING_LEVEL=WARNING keeps test output readable.
+
+Shared data (real clips and model weights) lives outside the repository, in
+``$VSRFLOW_SHARED_DIR`` (default ``<repo root>/../shared``); tests that need it skip with the
+missing path in the reason. Synthetic media is generated once per session by
+``media_fixtures`` into a pytest temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME_CREATED: str | None = None
+if "PREFECT_HOME" not in os.environ:
+    _PREFECT_HOME_CREATED = tempfile.mkdtemp(prefix="vsrflow-test-prefect-home-")
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME_CREATED
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+# pytest's default "prepend" import mode already puts tests/ on sys.path; this keeps
+# `import media_fixtures` working under --import-mode=importlib too.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+import media_fixtures as mf  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = Path(os.environ.get("VSRFLOW_SHARED_DIR", str(REPO_ROOT.parent / "shared")))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the temporary PREFECT_HOME this conftest created (never a user-provided one)."""
+    if _PREFECT_HOME_CREATED is not None:
+        shutil.rmtree(_PREFECT_HOME_CREATED, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared data (read in place, never copied into the repository)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found: {path} (set VSRFLOW_SHARED_DIR to the shared data dir)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared data directory; skips the test when it is absent."""
+    return _require(SHARED_DIR, "shared data directory")
+
+
+@pytest.fixture(scope="session")
+def shared_media(shared_dir: Path) -> Callable[[str], Path]:
+    """``shared_media("carphone_176x144_2997fps_noaudio.mp4")`` -> path, or skip if missing."""
+
+    def get(name: str) -> Path:
+        return _require(shared_dir / "media" / name, "shared media file")
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shared_model(shared_dir: Path) -> Callable[[str], Path]:
+    """``shared_model("realesr-animevideov3.pth")`` -> path, or skip if missing."""
+
+    def get(name: str) -> Path:
+        return _require(shared_dir / "models" / name, "shared model file")
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shared_image(shared_dir: Path) -> Callable[[str], Path]:
+    """``shared_image("0014.jpg")`` -> path, or skip if missing."""
+
+    def get(name: str) -> Path:
+        return _require(shared_dir / "images" / name, "shared image file")
+
+    return get
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic media, built once per session
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session temp dir holding every generated media fixture."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def vfr_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_vfr(media_dir / "vfr.mp4")
+
+
+@pytest.fixture(scope="session")
+def rotated_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_rotated(media_dir / "rotated90.mp4")
+
+
+@pytest.fixture(scope="session")
+def tenbit_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_10bit(media_dir / "tenbit.mp4")
+
+
+@pytest.fixture(scope="session")
+def multitrack_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_multitrack(media_dir / "multitrack.mp4")
+
+
+@pytest.fixture(scope="session")
+def multitrack_mkv_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_multitrack_mkv(media_dir / "multitrack.mkv")
+
+
+@pytest.fixture(scope="session")
+def odd_size_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_odd_size(media_dir / "odd_321x181.mp4")
+
+
+@pytest.fixture(scope="session")
+def no_audio_clip(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_no_audio(media_dir / "no_audio.mp4")
+
+
+@pytest.fixture(scope="session")
+def truncated_clip(media_dir: Path) -> mf.FixtureInfo:
+    """Faststart mp4 cut to 60%: opens, declares 24 frames, decodes fewer."""
+    return mf.make_truncated(media_dir / "truncated.mp4")
+
+
+@pytest.fixture(scope="session")
+def truncated_no_moov_clip(media_dir: Path) -> mf.FixtureInfo:
+    """Default (moov at end) mp4 cut to 60%: ``av.open`` raises InvalidDataError."""
+    return mf.make_truncated(media_dir / "truncated_no_moov.mp4", faststart=False)
+
+
+@pytest.fixture(scope="session")
+def zero_byte_file(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_zero_byte(media_dir / "zero_byte.mp4")
+
+
+@pytest.fixture(scope="session")
+def not_media_file(media_dir: Path) -> mf.FixtureInfo:
+    return mf.make_not_media(media_dir / "not_media.mp4")
+
+
+@pytest.fixture(scope="session")
+def image_set(media_dir: Path) -> mf.ImageSetInfo:
+    return mf.make_image_set(media_dir / "images")

@@ -1,0 +1,73 @@
+"""Specific, user-facing errors.
+
+Every failure a user can cause (bad file, unknown model, wrong hash...) has its own class so
+callers, the CLI and Prefect task states can tell them apart and print one clear sentence.
+"""
+
+
+class VsrflowError(Exception):
+    """Base class for every error vsrflow raises on purpose."""
+
+
+class MediaError(VsrflowError):
+    """The input media cannot be used."""
+
+
+class EmptyFileError(MediaError):
+    """The input file has zero bytes."""
+
+
+class NotMediaError(MediaError):
+    """The input is not a media file FFmpeg can open."""
+
+
+class NoVideoStreamError(MediaError):
+    """The container opened but holds no video stream."""
+
+
+class CorruptMediaError(MediaError):
+    """The file is truncated or its packets cannot be decoded."""
+
+
+class FrameTooLargeError(MediaError):
+    """The frame exceeds the configured pixel limit."""
+
+
+class AssemblyError(VsrflowError):
+    """The assembled output failed verification and was not published."""
+
+
+class ModelError(VsrflowError):
+    """A model cannot be resolved, fetched or loaded."""
+
+
+class UnknownModelError(ModelError):
+    """No registry entry and no file matches the requested model."""
+
+
+class WeightsHashMismatchError(ModelError):
+    """Downloaded or cached weights do not have the expected sha256."""
+
+
+class UnsupportedArchitectureError(ModelError):
+    """spandrel does not recognise the weights, or they are not an image-to-image SR model."""
+
+
+class WeightsNotFoundError(ModelError):
+    """Registry weights are neither on the search path nor in the cache, and downloads are off."""
+
+
+class WeightsDownloadError(ModelError):
+    """Fetching weights failed (HTTP error, unreachable host, interrupted transfer)."""
+
+
+class CorruptWeightsError(ModelError):
+    """The weights file is empty, truncated or not a PyTorch/safetensors file at all."""
+
+
+class UnsafeWeightsError(ModelError):
+    """The pickle holds arbitrary Python objects, so torch's weights_only loader refused it."""
+
+
+class InvalidDenoiseStrengthError(ModelError, ValueError):
+    """denoise_strength is outside [0, 1] or the model has no denoise partner to blend with."""

@@ -1,0 +1,88 @@
+"""The description of one upscaling job, and the plan that turns it into batches.
+
+``UpscaleJob`` is what a user chooses (model, geometry, engine and encoder settings);
+``JobPlan`` is what planning derives from it and a probed source (the resolved weights hash,
+the output size, and the batches with their cache keys). Both are small frozen dataclasses
+that pickle cheaply to Dask workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vsrflow.engine import EngineSettings, output_geometry
+from vsrflow.media.codecs import get_codec
+from vsrflow.media.encode import EncoderSettings
+from vsrflow.media.probe import MediaInfo, VideoParams
+from vsrflow.plan import Batch, plan_batches
+
+
+@dataclass(frozen=True)
+class UpscaleJob:
+    """What to do to every frame."""
+
+    model: str = "realesr-animevideov3"
+    denoise_strength: float = 1.0
+    outscale: float | None = None
+    target_height: int | None = None
+    device: str = "auto"
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything workers need: the slim source description, output size and batches."""
+
+    video: VideoParams
+    out_size: tuple[int, int]
+    weights_sha256: str
+    source_sha256: str
+    batches: tuple[Batch, ...]
+
+    @property
+    def frame_count(self) -> int:
+        return sum(b.frame_count for b in self.batches)
+
+
+def make_plan(
+    info: MediaInfo,
+    job: UpscaleJob,
+    *,
+    weights_sha256: str,
+    model_scale: int,
+    source_sha256: str,
+    frames_per_batch: int | None = None,
+    seconds_per_batch: float | None = None,
+) -> JobPlan:
+    """Derive output geometry and batches; the settings identity keys every batch's cache."""
+    video = info.video
+    out_size = output_geometry(
+        video.width,
+        video.height,
+        model_scale,
+        outscale=job.outscale,
+        target_height=job.target_height,
+        even=get_codec(job.encoder.codec).needs_even_size,
+    )
+    identity = {
+        "weights": weights_sha256,
+        "denoise": job.denoise_strength,
+        "out_size": list(out_size),
+        "engine": job.engine.identity(),
+        "encoder": job.encoder.identity(),
+    }
+    batches = plan_batches(
+        video,
+        source_id=source_sha256,
+        settings_identity=identity,
+        frames_per_batch=frames_per_batch,
+        seconds_per_batch=seconds_per_batch,
+    )
+    return JobPlan(
+        video=video.params(info.path),
+        out_size=out_size,
+        weights_sha256=weights_sha256,
+        source_sha256=source_sha256,
+        batches=tuple(batches),
+    )

@@ -1,0 +1,1 @@
+"""Media I/O on PyAV: probe, exact-range decode, chunk encode, packet-remux assembly."""

@@ -1,0 +1,243 @@
+"""Assemble chunks into the final file by packet remux, then verify and publish atomically.
+
+No second encode: video packets are copied from the chunks with their absolute source
+timestamps, and every audio, subtitle and data stream is copied packet for packet from the
+source, interleaved by time. The result is written under a temporary name beside the target,
+re-opened and verified (frame count, per-frame pts, stream count), and only then renamed into
+place, so a crash or a failed check never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+
+from vsrflow.errors import AssemblyError
+from vsrflow.media.codecs import (
+    CONTAINER_BY_EXTENSION,
+    MUXER_BY_CONTAINER,
+    exact_time_options,
+    get_codec,
+)
+from vsrflow.media.probe import MediaInfo
+
+#: Streams of these kinds are copied from the source into the output.
+COPIED_KINDS = ("audio", "subtitle", "data")
+#: Output pts may differ from source pts by at most this (the tests demand 1 ms).
+PTS_TOLERANCE_S = 0.001
+
+
+@dataclass(frozen=True)
+class AssemblyReport:
+    """What was written and verified."""
+
+    path: str
+    frames: int
+    copied_streams: int
+    duration_s: float
+    size_bytes: int
+
+
+def container_for(output: str | Path) -> str:
+    """Our container name (mp4/mkv/mov) for an output path, or a clear error."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in CONTAINER_BY_EXTENSION:
+        raise ValueError(
+            f"unsupported output extension {suffix!r}; use one of "
+            f"{', '.join(sorted(CONTAINER_BY_EXTENSION))}"
+        )
+    return CONTAINER_BY_EXTENSION[suffix]
+
+
+def check_output_compatible(info: MediaInfo, output: str | Path, codec: str) -> None:
+    """Fail before any compute if the output container cannot hold the codec or a copied stream.
+
+    Writes only a header into memory: that is where FFmpeg's muxers reject codecs.
+    """
+    container = container_for(output)
+    preset = get_codec(codec)
+    if container not in preset.containers:
+        raise ValueError(
+            f"codec {preset.name} cannot be written to .{container}; use one of "
+            f"{', '.join('.' + c for c in preset.containers)}"
+        )
+    with av.open(info.path) as src:
+        buffer = io.BytesIO()
+        with av.open(buffer, mode="w", format=MUXER_BY_CONTAINER[container]) as probe_out:
+            for stream in src.streams:
+                if stream.type not in COPIED_KINDS:
+                    continue
+                try:
+                    probe_out.add_stream_from_template(stream)
+                except (ValueError, av.error.FFmpegError) as exc:
+                    raise ValueError(
+                        f"stream #{stream.index} ({stream.type}, "
+                        f"{stream.codec_context.name}) cannot be copied into .{container}: "
+                        f"{exc}; choose another output container"
+                    ) from exc
+            try:
+                probe_out.add_stream(preset.encoder, rate=25)
+                probe_out.start_encoding()
+            except av.error.FFmpegError as exc:
+                raise ValueError(
+                    f"a .{container} file cannot hold these streams: {exc}; choose another "
+                    "output container"
+                ) from exc
+
+
+def _timed_packets(
+    container: av.container.InputContainer, streams: Sequence[av.stream.Stream], order: int
+) -> Iterator[tuple[Fraction, int, av.Packet]]:
+    """Packets of ``streams`` keyed by their decode time in seconds, for a heap merge."""
+    for packet in container.demux(*streams):
+        if packet.size == 0:
+            continue
+        ts = packet.dts if packet.dts is not None else packet.pts
+        when = Fraction(ts * packet.time_base) if ts is not None else Fraction(-1)
+        yield when, order, packet
+
+
+def _chunk_packets(chunks: Sequence[str | Path]) -> Iterator[tuple[Fraction, int, av.Packet]]:
+    for chunk in chunks:
+        with av.open(str(chunk)) as container:
+            yield from _timed_packets(container, container.streams.video[:1], 0)
+
+
+def _remux(info: MediaInfo, chunks: Sequence[str | Path], tmp: Path, muxer: str) -> int:
+    """Write ``tmp``; returns the number of video packets written."""
+    with (
+        av.open(str(chunks[0])) as first,
+        av.open(info.path) as src,
+        av.open(
+            str(tmp),
+            mode="w",
+            format=muxer,
+            options=exact_time_options(muxer, info.video.time_base),
+        ) as out,
+    ):
+        out_video = out.add_stream_from_template(first.streams.video[0])
+        _copy_stream_tags(src.streams[info.video.index], out_video)
+        copied = [s for s in src.streams if s.type in COPIED_KINDS]
+        out_by_src = {s.index: out.add_stream_from_template(s) for s in copied}
+        for s in copied:
+            _copy_stream_tags(s, out_by_src[s.index])
+        for key, value in info.metadata.items():
+            out.metadata[key] = value
+        if info.chapters:
+            out.set_chapters(_chapters_of(src))
+        last_dts: int | None = None
+        video_packets = 0
+        source_packets = _timed_packets(src, copied, 1) if copied else iter(())
+        for _when, _order, packet in heapq.merge(
+            _chunk_packets(chunks), source_packets, key=lambda item: (item[0], item[1])
+        ):
+            if packet.stream.type == "video":
+                packet.stream = out_video
+                packet.dts, last_dts = _monotonic_dts(packet, last_dts)
+                video_packets += 1
+            else:
+                packet.stream = out_by_src[packet.stream.index]
+            out.mux(packet)
+    return video_packets
+
+
+def _copy_stream_tags(src: av.stream.Stream, dst: av.stream.Stream) -> None:
+    """Language, title and disposition (default/forced...) are what players show users."""
+    for key, value in src.metadata.items():
+        if key.lower() not in ("encoder", "handler_name", "vendor_id", "duration"):
+            dst.metadata[key] = value
+    dst.disposition = src.disposition
+
+
+def _chapters_of(src: av.container.InputContainer) -> list[dict]:
+    return list(src.chapters())
+
+
+def _monotonic_dts(packet: av.Packet, last_dts: int | None) -> tuple[int | None, int | None]:
+    """Keep video DTS strictly increasing across chunk boundaries.
+
+    Each chunk's encoder starts with its own reorder delay, so the first DTS of a chunk can in
+    rare cases touch the last DTS of the previous one. Nudge by one tick (never past the pts).
+    """
+    dts = packet.dts
+    if dts is None:
+        return None, last_dts
+    if last_dts is not None and dts <= last_dts:
+        dts = last_dts + 1
+        if packet.pts is not None and dts > packet.pts:
+            raise AssemblyError(
+                f"cannot order packets at pts {packet.pts}: chunk boundaries overlap in time"
+            )
+    return dts, dts
+
+
+def verify_output(path: str | Path, info: MediaInfo) -> AssemblyReport:
+    """Re-open the output and check frames, per-frame pts and the copied streams."""
+    with av.open(str(path)) as out:
+        if not out.streams.video:
+            raise AssemblyError(f"{path}: no video stream in the output")
+        video = out.streams.video[0]
+        tb = video.time_base
+        got = sorted(p.pts for p in out.demux(video) if p.size and p.pts is not None)
+        copied = len(out.streams) - 1
+        duration = float(out.duration / av.time_base) if out.duration else 0.0
+    want = info.video.pts
+    if len(got) != len(want):
+        raise AssemblyError(f"{path}: {len(got)} frames written, the source has {len(want)}")
+    src_tb = info.video.time_base
+    worst = max(
+        (abs(float(g * tb) - float(w * src_tb)) for g, w in zip(got, want, strict=True)),
+        default=0.0,
+    )
+    if worst > PTS_TOLERANCE_S:
+        raise AssemblyError(f"{path}: frame timestamps drift by up to {worst * 1000:.3f} ms")
+    expected_streams = sum(1 for s in info.streams if s.kind in COPIED_KINDS)
+    if copied != expected_streams:
+        raise AssemblyError(f"{path}: {copied} streams copied, the source has {expected_streams}")
+    return AssemblyReport(
+        path=str(path),
+        frames=len(got),
+        copied_streams=copied,
+        duration_s=duration,
+        size_bytes=Path(path).stat().st_size,
+    )
+
+
+def temporary_sibling(target: Path) -> Path:
+    """A hidden name in the target's directory (same filesystem, so rename is atomic)."""
+    return target.with_name(f".{target.stem}.partial-{uuid.uuid4().hex[:12]}{target.suffix}")
+
+
+def assemble(info: MediaInfo, chunks: Sequence[str | Path], output: str | Path) -> AssemblyReport:
+    """Remux ``chunks`` (in order) with the source's other streams into ``output``, atomically."""
+    if not chunks:
+        raise AssemblyError("no chunks to assemble")
+    output = Path(output)
+    muxer = MUXER_BY_CONTAINER[container_for(output)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(output)
+    try:
+        try:
+            _remux(info, chunks, tmp, muxer)
+        except av.error.FFmpegError as exc:
+            raise AssemblyError(f"remuxing into {output.name} failed: {exc}") from exc
+        report = verify_output(tmp, info)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return AssemblyReport(
+        path=str(output),
+        frames=report.frames,
+        copied_streams=report.copied_streams,
+        duration_s=report.duration_s,
+        size_bytes=report.size_bytes,
+    )

@@ -1,0 +1,134 @@
+"""Output codec presets: one small record per codec, looked up by name.
+
+Each preset says which encoder to use, which pixel format to use for 8-bit and for deeper
+sources (10-bit in stays 10-bit out where the codec allows), how quality and speed are set,
+which container holds the per-batch chunks, and which final containers accept it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+
+
+@dataclass(frozen=True)
+class CodecPreset:
+    """How to encode upscaled frames with one codec."""
+
+    name: str
+    encoder: str
+    pix_fmt_8bit: str
+    pix_fmt_deep: str
+    quality_option: str | None
+    default_quality: int | None
+    speed_option: str | None
+    default_speed: str | None
+    #: Chunks are muxed into this format; mp4/mov keep DTS on B-frames (matroska does not).
+    chunk_format: str
+    containers: tuple[str, ...]
+    extra_options: dict[str, str] = field(default_factory=dict)
+
+    def pix_fmt_for(self, bit_depth: int) -> str:
+        return self.pix_fmt_8bit if bit_depth <= 8 else self.pix_fmt_deep
+
+    @property
+    def needs_even_size(self) -> bool:
+        """4:2:0 halves both dimensions of chroma, 4:2:2 the width; both want even sizes."""
+        fmt = av.VideoFormat(self.pix_fmt_8bit)
+        return any(c.width != fmt.width for c in fmt.components) or any(
+            c.height != fmt.height for c in fmt.components
+        )
+
+
+CODEC_PRESETS: dict[str, CodecPreset] = {
+    p.name: p
+    for p in (
+        CodecPreset(
+            "h264",
+            "libx264",
+            "yuv420p",
+            "yuv420p10le",
+            "crf",
+            18,
+            "preset",
+            "medium",
+            "mp4",
+            ("mp4", "mkv", "mov"),
+        ),
+        CodecPreset(
+            "hevc",
+            "libx265",
+            "yuv420p",
+            "yuv420p10le",
+            "crf",
+            20,
+            "preset",
+            "medium",
+            "mp4",
+            ("mp4", "mkv", "mov"),
+            {"x265-params": "log-level=error"},
+        ),
+        CodecPreset(
+            "av1",
+            "libsvtav1",
+            "yuv420p",
+            "yuv420p10le",
+            "crf",
+            30,
+            "preset",
+            "8",
+            "mp4",
+            ("mp4", "mkv"),
+        ),
+        CodecPreset(
+            "prores",
+            "prores_ks",
+            "yuv422p10le",
+            "yuv422p10le",
+            None,
+            None,
+            None,
+            None,
+            "mov",
+            ("mov", "mkv"),
+            {"profile": "3"},
+        ),
+        CodecPreset(
+            "ffv1",
+            "ffv1",
+            "yuv420p",
+            "yuv420p10le",
+            None,
+            None,
+            None,
+            None,
+            "matroska",
+            ("mkv",),
+            {"level": "3", "slicecrc": "1"},
+        ),
+    )
+}
+
+#: Output container names by file extension.
+CONTAINER_BY_EXTENSION = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "mkv", ".mov": "mov"}
+#: FFmpeg muxer names for our container names.
+MUXER_BY_CONTAINER = {"mp4": "mp4", "mkv": "matroska", "mov": "mov"}
+
+
+def get_codec(name: str) -> CodecPreset:
+    """The preset for ``name`` (accepts preset names and encoder names like 'libx264')."""
+    for preset in CODEC_PRESETS.values():
+        if name in (preset.name, preset.encoder):
+            return preset
+    raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_PRESETS)}")
+
+
+def exact_time_options(muxer: str, time_base: Fraction) -> dict[str, str]:
+    """mp4/mov write a chunk's start offset in an edit list in the movie timescale, which is
+    milliseconds by default: a chunk starting at 35976/90000 s came back at 35910. Using the
+    source time base's denominator as movie timescale keeps the offset exact."""
+    if muxer in ("mp4", "mov") and time_base.numerator == 1:
+        return {"movie_timescale": str(time_base.denominator)}
+    return {}

@@ -1,0 +1,119 @@
+"""Decode exactly one frame range of a video stream to RGB arrays with their source pts.
+
+Why not stream-copy segments: encoders put keyframes far apart (libx264 gave one keyframe in a
+10 s clip), so frame-exact batches need "seek to the keyframe before the range, decode forward,
+drop frames before the start". Frames are identified by their presentation timestamp, never by
+a nominal frame rate, so VFR sources keep every frame at its own time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from vsrflow.errors import CorruptMediaError
+from vsrflow.media.colour import ColourInfo
+from vsrflow.media.rotation import DisplayMatrix, display_matrix_of
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One RGB frame (H, W, 3; uint8 for 8-bit sources, uint16 above) and its source pts."""
+
+    pts: int
+    rgb: np.ndarray
+
+
+def rgb_format_for(bit_depth: int) -> str:
+    """8-bit sources decode to rgb24; deeper ones to rgb48 so 10-bit detail is not clipped."""
+    return "rgb24" if bit_depth <= 8 else "rgb48le"
+
+
+def _seek_before(
+    container: av.container.InputContainer, stream: av.video.VideoStream, target_pts: int
+) -> None:
+    container.seek(target_pts, stream=stream, backward=True, any_frame=False)
+
+
+def _frames_from(
+    path: str | Path, stream_index: int, start_pts: int
+) -> Iterator[tuple[av.container.InputContainer, av.VideoFrame]]:
+    """Yield decoded frames with pts >= start_pts, seeking as close as the index allows.
+
+    If the seek lands after ``start_pts`` (some demuxers index by dts), seek again from the
+    stream start so no frame of the range is ever lost.
+    """
+    with av.open(str(path)) as container:
+        stream = container.streams[stream_index]
+        stream.thread_type = "AUTO"
+        for attempt_pts in (start_pts, None):
+            if attempt_pts is None:
+                container.seek(0, backward=True, any_frame=False, stream=stream)
+            elif start_pts > 0:
+                _seek_before(container, stream, attempt_pts)
+            first = True
+            restart = False
+            try:
+                for packet in container.demux(stream):
+                    for frame in packet.decode():
+                        if frame.pts is None:
+                            continue
+                        if first:
+                            first = False
+                            if frame.pts > start_pts and attempt_pts is not None:
+                                restart = True
+                                break
+                        if frame.pts >= start_pts:
+                            yield container, frame
+                    if restart:
+                        break
+            except av.error.FFmpegError as exc:
+                raise CorruptMediaError(
+                    f"{path}: decoding failed near pts {start_pts}: {exc}"
+                ) from exc
+            if not restart:
+                return
+
+
+def count_decodable(path: str | Path, stream_index: int, start_pts: int) -> int:
+    """How many frames at or after ``start_pts`` actually decode (used to detect truncation)."""
+    return sum(1 for _ in _frames_from(path, stream_index, start_pts))
+
+
+def read_display_matrix(path: str | Path, stream_index: int) -> DisplayMatrix | None:
+    """The display matrix of the stream, read from its first decoded frame (the only place
+    PyAV 18 exposes it)."""
+    for _container, frame in _frames_from(path, stream_index, -(2**62)):
+        return display_matrix_of(frame)
+    return None
+
+
+def decode_range(
+    path: str | Path,
+    stream_index: int,
+    start_pts: int,
+    end_pts: int | None,
+    *,
+    colour: ColourInfo,
+    bit_depth: int,
+) -> Iterator[DecodedFrame]:
+    """Yield the frames with ``start_pts <= pts < end_pts`` (``end_pts=None``: to the end).
+
+    ``colour`` must be the resolved source colour (see ``ColourInfo.resolved``) so YUV->RGB
+    uses the same matrix and range that encoding will use to go back.
+    """
+    rgb_format = rgb_format_for(bit_depth)
+    for _container, frame in _frames_from(path, stream_index, start_pts):
+        if end_pts is not None and frame.pts >= end_pts:
+            return
+        rgb = frame.to_ndarray(
+            format=rgb_format,
+            src_colorspace=colour.sws_matrix,
+            src_color_range=colour.sws_range,
+        )
+        yield DecodedFrame(pts=int(frame.pts), rgb=rgb)

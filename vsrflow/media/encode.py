@@ -1,0 +1,139 @@
+"""Encode upscaled RGB frames of one batch into a chunk that keeps the source timestamps.
+
+Every frame is encoded with its SOURCE pts in the SOURCE time base, so a VFR source stays VFR
+and assembly can remux chunks packet by packet with absolute timestamps (no second encode, no
+drift). Colour tags and rotation are written on each chunk; assembly copies the stream
+parameters from the first chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+
+from vsrflow.media.codecs import exact_time_options, get_codec
+from vsrflow.media.colour import ColourInfo
+from vsrflow.media.decode import rgb_format_for
+from vsrflow.media.rotation import DisplayMatrix
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """User-facing encoder choice; ``None`` means the preset's default."""
+
+    codec: str = "h264"
+    quality: int | None = None
+    speed: str | None = None
+
+    def options(self) -> dict[str, str]:
+        preset = get_codec(self.codec)
+        opts = dict(preset.extra_options)
+        if preset.quality_option:
+            q = self.quality if self.quality is not None else preset.default_quality
+            opts[preset.quality_option] = str(q)
+        if preset.speed_option:
+            opts[preset.speed_option] = self.speed or str(preset.default_speed)
+        return opts
+
+    def identity(self) -> dict[str, object]:
+        """What determines the encoded bytes (part of the batch cache key)."""
+        return {"encoder": get_codec(self.codec).encoder, "options": self.options()}
+
+
+class ChunkEncoder:
+    """Context manager writing one chunk file; ``write(rgb, pts)`` per frame, in pts order."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        settings: EncoderSettings,
+        width: int,
+        height: int,
+        bit_depth: int,
+        time_base: Fraction,
+        average_rate: Fraction | None,
+        colour: ColourInfo,
+        display_matrix: DisplayMatrix | None = None,
+    ) -> None:
+        preset = get_codec(settings.codec)
+        self._path = Path(path)
+        self._colour = colour
+        self._rgb_format = rgb_format_for(bit_depth)
+        self._pix_fmt = preset.pix_fmt_for(bit_depth)
+        self._container = av.open(
+            str(self._path),
+            mode="w",
+            format=preset.chunk_format,
+            options=exact_time_options(preset.chunk_format, time_base),
+        )
+        stream = self._container.add_stream(
+            preset.encoder, rate=average_rate or Fraction(25), options=settings.options()
+        )
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = self._pix_fmt
+        stream.time_base = time_base
+        cc = stream.codec_context
+        cc.time_base = time_base
+        cc.color_range = colour.range
+        cc.color_primaries = colour.primaries
+        cc.color_trc = colour.transfer
+        cc.colorspace = colour.matrix
+        if display_matrix is not None:
+            stream.set_display_matrix(list(display_matrix))
+        self._stream = stream
+        self.frames_written = 0
+
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=self._rgb_format)
+        frame = frame.reformat(
+            format=self._pix_fmt,
+            dst_colorspace=self._colour.sws_matrix,
+            dst_color_range=self._colour.sws_range,
+        )
+        frame.pts = pts
+        frame.time_base = self._stream.codec_context.time_base
+        frame.color_range = self._colour.range
+        frame.color_primaries = self._colour.primaries
+        frame.color_trc = self._colour.transfer
+        frame.colorspace = self._colour.matrix
+        self._container.mux(self._stream.encode(frame))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            self._container.mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+            self._container = None
+
+    def abort(self) -> None:
+        """Close without flushing and delete the partial file."""
+        if self._container is not None:
+            with contextlib.suppress(av.error.FFmpegError):
+                self._container.close()
+            self._container = None
+        self._path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ChunkEncoder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,336 @@
+"""Probe a media file: everything planning, decoding, encoding and assembly need to know.
+
+The probe demuxes every video packet once (cheap: no decoding) because containers lie or stay
+silent about frame counts (webm has no nb_frames, VFR has no single rate), and exact per-frame
+presentation timestamps are what lets us cut batches at exact frames and put every output frame
+back at its source time. It then decodes the last group of pictures so a truncated download is
+rejected before any GPU time is spent on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+
+from vsrflow.errors import (
+    CorruptMediaError,
+    EmptyFileError,
+    FrameTooLargeError,
+    NotMediaError,
+    NoVideoStreamError,
+)
+from vsrflow.media.colour import ColourInfo, colour_of
+from vsrflow.media.decode import count_decodable, read_display_matrix
+from vsrflow.media.rotation import DisplayMatrix, rotation_of
+
+#: Default ceiling on source frame size (width * height): 8K. Protects workers from absurd or
+#: malicious headers that would allocate gigabytes per frame.
+DEFAULT_MAX_PIXELS = 7680 * 4320
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A non-video stream (audio, subtitle, data) that assembly copies packet for packet."""
+
+    index: int
+    kind: str
+    codec: str
+    language: str | None
+    packet_count: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter, in seconds, kept through assembly."""
+
+    start: float
+    end: float
+    title: str
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """The video stream, with per-frame presentation timestamps in presentation order."""
+
+    index: int
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    time_base: Fraction
+    average_rate: Fraction | None
+    pts: tuple[int, ...]
+    keyframe_pts: tuple[int, ...]
+    colour: ColourInfo
+    display_matrix: DisplayMatrix | None
+    sample_aspect_ratio: Fraction | None
+
+    @property
+    def rotation(self) -> int:
+        """Counter-clockwise display rotation in degrees, (-180, 180]."""
+        return rotation_of(self.display_matrix)
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.pts)
+
+    @property
+    def is_vfr(self) -> bool:
+        """True when frame durations differ by more than one tick (a real VFR source)."""
+        steps = {b - a for a, b in zip(self.pts, self.pts[1:], strict=False)}
+        return len(steps) > 1 and max(steps) - min(steps) > 1
+
+    def pts_seconds(self) -> list[float]:
+        return [float(p * self.time_base) for p in self.pts]
+
+    def params(self, path: str) -> VideoParams:
+        """The slim view a batch worker needs (no per-frame pts: those stay with the plan)."""
+        return VideoParams(
+            path=path,
+            index=self.index,
+            width=self.width,
+            height=self.height,
+            bit_depth=self.bit_depth,
+            time_base=self.time_base,
+            average_rate=self.average_rate,
+            colour=self.colour.resolved(self.height),
+            display_matrix=self.display_matrix,
+        )
+
+
+@dataclass(frozen=True)
+class VideoParams:
+    """What decoding and encoding one batch need to know about the source video stream.
+
+    ``colour`` is already resolved (unspecified tags filled from the source height), so
+    decode and encode use one matrix and range.
+    """
+
+    path: str
+    index: int
+    width: int
+    height: int
+    bit_depth: int
+    time_base: Fraction
+    average_rate: Fraction | None
+    colour: ColourInfo
+    display_matrix: DisplayMatrix | None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a probe learned about one source file."""
+
+    path: str
+    size_bytes: int
+    container: str
+    duration_s: float
+    video: VideoInfo
+    streams: tuple[StreamInfo, ...] = ()
+    chapters: tuple[Chapter, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-able view for logs, artifacts and the CLI (not the per-frame pts)."""
+        v = self.video
+        return {
+            "path": self.path,
+            "container": self.container,
+            "size_bytes": self.size_bytes,
+            "duration_s": round(self.duration_s, 3),
+            "video": {
+                "codec": v.codec,
+                "width": v.width,
+                "height": v.height,
+                "pix_fmt": v.pix_fmt,
+                "bit_depth": v.bit_depth,
+                "frames": v.frame_count,
+                "keyframes": len(v.keyframe_pts),
+                "time_base": str(v.time_base),
+                "average_rate": str(v.average_rate) if v.average_rate else None,
+                "vfr": v.is_vfr,
+                "rotation": v.rotation,
+                "colour": v.colour.names(),
+            },
+            "streams": [
+                {
+                    "index": s.index,
+                    "kind": s.kind,
+                    "codec": s.codec,
+                    "language": s.language,
+                    "packets": s.packet_count,
+                    "detail": s.detail,
+                }
+                for s in self.streams
+            ],
+            "chapters": [{"start": c.start, "end": c.end, "title": c.title} for c in self.chapters],
+        }
+
+
+def bit_depth_of(pix_fmt: str) -> int:
+    """Bits per component of a pixel format (8 for yuv420p, 10 for yuv420p10le...)."""
+    return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    if path.stat().st_size == 0:
+        raise EmptyFileError(f"{path} is empty (0 bytes)")
+    try:
+        return av.open(str(path), mode="r")
+    except av.error.InvalidDataError as exc:
+        raise NotMediaError(
+            f"{path} is not a media file FFmpeg can read, or its header is damaged "
+            f"(a truncated mp4 whose index is missing looks like this): {exc}"
+        ) from exc
+    except av.error.FFmpegError as exc:
+        raise CorruptMediaError(f"{path} cannot be opened: {exc}") from exc
+
+
+def _stream_detail(stream: av.stream.Stream) -> str:
+    cc = stream.codec_context
+    if stream.type == "audio":
+        return f"{cc.sample_rate} Hz, {cc.channels} ch"
+    return ""
+
+
+def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MediaInfo:
+    """Read a source file and describe it exactly; raise a specific error if it is unusable.
+
+    Errors: ``FileNotFoundError``, ``EmptyFileError``, ``NotMediaError``, ``NoVideoStreamError``,
+    ``FrameTooLargeError`` (width*height > ``max_pixels``), ``CorruptMediaError`` (truncated or
+    undecodable data).
+    """
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    with _open(path) as container:
+        if not container.streams.video:
+            raise NoVideoStreamError(f"{path} has no video stream")
+        vstream = container.streams.video[0]
+        cc = vstream.codec_context
+        width, height = cc.width, cc.height
+        if width <= 0 or height <= 0:
+            raise CorruptMediaError(f"{path}: video stream reports no frame size")
+        if width * height > max_pixels:
+            raise FrameTooLargeError(
+                f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                f"{max_pixels} (raise max_pixels to allow it)"
+            )
+        others = [s for s in container.streams if s.index != vstream.index]
+        packet_counts = dict.fromkeys((s.index for s in others), 0)
+        pts: list[int] = []
+        keyframes: list[int] = []
+        data_end = 0
+        try:
+            for packet in container.demux():
+                if packet.size == 0:
+                    continue
+                data_end = max(data_end, (packet.pos or 0) + packet.size)
+                if packet.stream.index != vstream.index:
+                    packet_counts[packet.stream.index] += 1
+                    continue
+                if packet.is_discard:
+                    continue
+                if packet.pts is None:
+                    raise CorruptMediaError(
+                        f"{path}: video packets carry no timestamps (a raw elementary stream?); "
+                        "remux it into mp4/mkv first"
+                    )
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframes.append(packet.pts)
+        except av.error.FFmpegError as exc:
+            raise CorruptMediaError(
+                f"{path}: demuxing failed after {len(pts)} frames: {exc}"
+            ) from exc
+        if not pts:
+            raise CorruptMediaError(f"{path}: the video stream holds no frames")
+        if data_end > size:
+            raise CorruptMediaError(
+                f"{path} is truncated: packets reference byte {data_end} but the file has {size}"
+            )
+        declared = vstream.frames
+        if declared and len(pts) < declared:
+            raise CorruptMediaError(
+                f"{path} is truncated: the container declares {declared} video frames, "
+                f"only {len(pts)} are present"
+            )
+        pts.sort()
+        keyframes.sort()
+        pix_fmt = cc.pix_fmt or "yuv420p"
+        display_matrix = read_display_matrix(path, vstream.index)
+        video = VideoInfo(
+            index=vstream.index,
+            codec=cc.name,
+            width=width,
+            height=height,
+            pix_fmt=pix_fmt,
+            bit_depth=bit_depth_of(pix_fmt),
+            time_base=Fraction(vstream.time_base),
+            average_rate=Fraction(vstream.average_rate) if vstream.average_rate else None,
+            pts=tuple(pts),
+            keyframe_pts=tuple(keyframes or pts[:1]),
+            colour=colour_of(cc, height),
+            display_matrix=display_matrix,
+            sample_aspect_ratio=Fraction(cc.sample_aspect_ratio)
+            if cc.sample_aspect_ratio
+            else None,
+        )
+        streams = tuple(
+            StreamInfo(
+                index=s.index,
+                kind=s.type,
+                codec=s.codec_context.name if s.codec_context else "unknown",
+                language=s.language,
+                packet_count=packet_counts[s.index],
+                detail=_stream_detail(s),
+            )
+            for s in others
+        )
+        chapters = tuple(
+            Chapter(
+                start=float(ch["start"] * ch["time_base"]),
+                end=float(ch["end"] * ch["time_base"]),
+                title=(ch.get("metadata") or {}).get("title", ""),
+            )
+            for ch in container.chapters()
+        )
+        duration = (
+            float(container.duration / av.time_base)
+            if container.duration
+            else float((pts[-1] - pts[0]) * video.time_base)
+        )
+        info = MediaInfo(
+            path=str(path),
+            size_bytes=size,
+            container=container.format.name,
+            duration_s=duration,
+            video=video,
+            streams=streams,
+            chapters=chapters,
+            metadata=dict(container.metadata),
+        )
+    _check_tail_decodes(info)
+    return info
+
+
+def _check_tail_decodes(info: MediaInfo) -> None:
+    """Decode the last group of pictures: a file cut mid-GOP fails here, not hours later."""
+    video = info.video
+    last_key = video.keyframe_pts[-1]
+    expected = sum(1 for p in video.pts if p >= last_key)
+    got = count_decodable(info.path, video.index, last_key)
+    if got < expected:
+        raise CorruptMediaError(
+            f"{info.path}: only {got} of the last {expected} frames decode; the file is "
+            "truncated or corrupt"
+        )

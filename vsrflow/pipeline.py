@@ -1,0 +1,197 @@
+"""Upscale one batch: decoder -> engine -> encoder, overlapped, frames never touching disk.
+
+As in Video2X 6, frames are decoded once, stay in memory and are encoded once. Decoding and
+encoding run in their own threads with small bounded queues, so while the model works on
+micro-batch k the decoder prepares k+1 and the encoder compresses k-1; memory stays flat however
+long the batch is. The chunk is written under a temporary name and renamed into place only after
+its frame count is checked, so a chunk that exists is always complete.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vsrflow.engine import Upscaler
+from vsrflow.errors import CorruptMediaError
+from vsrflow.media.decode import decode_range
+from vsrflow.media.encode import ChunkEncoder, EncoderSettings
+from vsrflow.media.probe import VideoParams
+from vsrflow.plan import Batch
+
+#: Micro-batches buffered between stages (per queue). Two keep every stage busy.
+QUEUE_DEPTH = 2
+_DONE = object()
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch produced; small and JSON-able so Prefect can persist it as the cache."""
+
+    index: int
+    key: str
+    chunk: str
+    frames: int
+    seconds_total: float
+    seconds_model: float
+    precision: str
+    device: str
+    host: str
+    slurm_job_id: str | None
+
+
+class _Worker(threading.Thread):
+    """A stage thread that records its exception instead of dying silently."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            self.error = exc
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(q: queue.Queue[Any], stop: threading.Event) -> Iterator[Any]:
+    while True:
+        try:
+            item = q.get(timeout=0.2)
+        except queue.Empty:
+            if stop.is_set():
+                return
+            continue
+        if item is _DONE:
+            return
+        yield item
+
+
+def upscale_batch(
+    video: VideoParams,
+    batch: Batch,
+    upscaler: Upscaler,
+    chunk_path: str | Path,
+    *,
+    encoder: EncoderSettings,
+    out_size: tuple[int, int],
+    progress: ProgressCallback | None = None,
+) -> BatchResult:
+    """Decode ``batch`` of ``video``, upscale to ``out_size`` (width, height), encode the chunk."""
+    started = time.perf_counter()
+    colour = video.colour
+    chunk_path = Path(chunk_path)
+    chunk_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = chunk_path.with_name(f".{chunk_path.stem}.{uuid.uuid4().hex[:8]}{chunk_path.suffix}")
+    group = max(1, upscaler.settings.micro_batch)
+    out_w, out_h = out_size
+    stop = threading.Event()
+    to_model: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
+    to_encoder: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
+
+    def decode() -> None:
+        frames: list[np.ndarray] = []
+        stamps: list[int] = []
+        for frame in decode_range(
+            video.path,
+            video.index,
+            batch.start_pts,
+            batch.end_pts,
+            colour=colour,
+            bit_depth=video.bit_depth,
+        ):
+            frames.append(frame.rgb)
+            stamps.append(frame.pts)
+            if len(frames) == group:
+                if not _put(to_model, (np.stack(frames), stamps), stop):
+                    return
+                frames, stamps = [], []
+        if frames and not _put(to_model, (np.stack(frames), stamps), stop):
+            return
+        _put(to_model, _DONE, stop)
+
+    with ChunkEncoder(
+        tmp,
+        settings=encoder,
+        width=out_w,
+        height=out_h,
+        bit_depth=video.bit_depth,
+        time_base=video.time_base,
+        average_rate=video.average_rate,
+        colour=colour,
+        display_matrix=video.display_matrix,
+    ) as chunk:
+
+        def encode() -> None:
+            for upscaled, stamps in _drain(to_encoder, stop):
+                for rgb, pts in zip(upscaled, stamps, strict=True):
+                    chunk.write(rgb, pts)
+                if progress is not None:
+                    progress(len(stamps))
+
+        decoder = _Worker(decode, f"decode-{batch.index}")
+        writer = _Worker(encode, f"encode-{batch.index}")
+        decoder.start()
+        writer.start()
+        model_seconds = 0.0
+        try:
+            for frames, stamps in _drain(to_model, stop):
+                if writer.error is not None:
+                    break
+                t0 = time.perf_counter()
+                upscaled = upscaler.upscale(frames, out_size=(out_h, out_w))
+                model_seconds += time.perf_counter() - t0
+                if not _put(to_encoder, (upscaled, stamps), stop):
+                    break
+            _put(to_encoder, _DONE, stop)
+            writer.join()
+            decoder.join()
+        finally:
+            stop.set()
+            decoder.join()
+            writer.join()
+        for worker in (decoder, writer):
+            if worker.error is not None:
+                raise worker.error
+        written = chunk.frames_written
+    if written != batch.frame_count:
+        tmp.unlink(missing_ok=True)
+        raise CorruptMediaError(
+            f"batch {batch.index}: decoded {written} frames, expected {batch.frame_count} "
+            f"(pts {batch.start_pts}..{batch.end_pts}); the source does not decode cleanly"
+        )
+    os.replace(tmp, chunk_path)
+    return BatchResult(
+        index=batch.index,
+        key=batch.key,
+        chunk=str(chunk_path),
+        frames=written,
+        seconds_total=time.perf_counter() - started,
+        seconds_model=model_seconds,
+        precision=upscaler.precision,
+        device=str(upscaler.device),
+        host=os.uname().nodename,
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+    )

@@ -1,0 +1,115 @@
+"""Split a probed video into frame-range batches, each with a deterministic cache key.
+
+A batch key is the sha256 of everything that determines the bytes of its chunk: the source's
+content hash, the frame range and its timestamps, the model's weights sha256, output geometry,
+engine settings that change pixels, encoder settings and the pipeline version. Two runs (on any
+machine) that would produce the same chunk compute the same key, so a rerun after a crash
+recomputes only missing batches, and changing anything that matters invalidates the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vsrflow import PIPELINE_VERSION
+from vsrflow.media.probe import VideoInfo
+
+#: Default batch length when the caller gives neither frames nor seconds.
+DEFAULT_BATCH_SECONDS = 4.0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One frame range ``[start, end)`` of the source, with its pts bounds and cache key."""
+
+    index: int
+    start: int
+    end: int
+    start_pts: int
+    #: pts of the first frame AFTER the batch; None for the last batch.
+    end_pts: int | None
+    key: str
+
+    @property
+    def frame_count(self) -> int:
+        return self.end - self.start
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Content hash of a local file, read in 1 MiB chunks (the source identity for caching)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def batch_frames(
+    video: VideoInfo, *, frames_per_batch: int | None, seconds_per_batch: float | None
+) -> int:
+    """Frames per batch from an explicit count, or from seconds at the source's average rate."""
+    if frames_per_batch is not None:
+        if frames_per_batch < 1:
+            raise ValueError("frames_per_batch must be at least 1")
+        return frames_per_batch
+    seconds = DEFAULT_BATCH_SECONDS if seconds_per_batch is None else seconds_per_batch
+    if seconds <= 0:
+        raise ValueError("seconds_per_batch must be positive")
+    duration = float((video.pts[-1] - video.pts[0]) * video.time_base) if len(video.pts) > 1 else 0
+    rate = (len(video.pts) - 1) / duration if duration > 0 else 25.0
+    return max(1, math.ceil(seconds * rate))
+
+
+def batch_key(
+    source_id: str,
+    start: int,
+    end: int,
+    start_pts: int,
+    end_pts: int | None,
+    settings_identity: dict[str, Any],
+) -> str:
+    payload = {
+        "pipeline": PIPELINE_VERSION,
+        "source": source_id,
+        "range": [start, end, start_pts, end_pts],
+        "settings": settings_identity,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan_batches(
+    video: VideoInfo,
+    *,
+    source_id: str,
+    settings_identity: dict[str, Any],
+    frames_per_batch: int | None = None,
+    seconds_per_batch: float | None = None,
+) -> list[Batch]:
+    """Cut ``video`` into consecutive batches covering every frame exactly once."""
+    size = batch_frames(
+        video, frames_per_batch=frames_per_batch, seconds_per_batch=seconds_per_batch
+    )
+    pts = video.pts
+    batches: list[Batch] = []
+    start = 0
+    while start < len(pts):
+        end = min(start + size, len(pts))
+        # A boundary between two frames with the same pts would be ambiguous: move it on.
+        while end < len(pts) and pts[end] == pts[end - 1]:
+            end += 1
+        end_pts = pts[end] if end < len(pts) else None
+        key = batch_key(source_id, start, end, pts[start], end_pts, settings_identity)
+        batches.append(Batch(len(batches), start, end, pts[start], end_pts, key))
+        start = end
+    return batches
+
+
+def chunk_name(batch: Batch, suffix: str = ".mp4") -> str:
+    """Chunk file name derived from the key alone: any worker finds any batch's chunk."""
+    return f"{batch.key}{suffix}"

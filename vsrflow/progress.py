@@ -1,0 +1,80 @@
+"""Frame-level progress shared through the work directory.
+
+Batches may run in threads, Dask processes or Slurm jobs on other nodes; the one thing they all
+share is the work directory. Each batch rewrites a tiny file with its frame count as it goes,
+and the flow writes a listing of the batches of the current output, so the CLI (or anything
+else) can show frames done, fps and ETA without talking to the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def progress_dir(work_dir: str | os.PathLike[str]) -> Path:
+    return Path(work_dir) / "progress"
+
+
+def listing_path(work_dir: str | os.PathLike[str], output: str) -> Path:
+    """Where the flow lists the batches of ``output``; derived from the output name alone."""
+    digest = hashlib.sha256(str(output).encode()).hexdigest()[:16]
+    return progress_dir(work_dir) / f"job-{digest}.json"
+
+
+class BatchProgress:
+    """Callable handed to the pipeline: adds frames and rewrites the batch's progress file."""
+
+    def __init__(self, work_dir: str | os.PathLike[str], key: str, total: int) -> None:
+        self._path = progress_dir(work_dir) / f"batch-{key}.json"
+        self._total = total
+        self._done = 0
+        self._write()
+
+    def _write(self) -> None:
+        _atomic_write(self._path, json.dumps({"done": self._done, "total": self._total}))
+
+    def __call__(self, frames: int) -> None:
+        self._done += frames
+        self._write()
+
+
+def write_listing(
+    work_dir: str | os.PathLike[str], output: str, keys: list[str], total_frames: int
+) -> None:
+    _atomic_write(listing_path(work_dir, output), json.dumps({"keys": keys, "total": total_frames}))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    done: int
+    total: int
+
+
+def read_progress(work_dir: str | os.PathLike[str], output: str) -> Snapshot | None:
+    """Frames done over all batches of ``output``; None until the flow has planned."""
+    try:
+        listing = json.loads(listing_path(work_dir, output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    done = 0
+    for key in listing["keys"]:
+        try:
+            state = json.loads(
+                (progress_dir(work_dir) / f"batch-{key}.json").read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError):
+            continue
+        done += int(state.get("done", 0))
+    return Snapshot(done=done, total=int(listing["total"]))
