@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from vsrflow.hashing import file_sha256
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import AssemblyReport, assemble, check_output_compatible
 from vsrflow.media.probe import MediaInfo, probe
 from vsrflow.models import get_model
-from vsrflow.plan import sha256_file
 from vsrflow.progress import write_listing
 
 
@@ -39,7 +41,7 @@ def plan_job(
         job,
         weights_sha256=model.weights_sha256,
         model_scale=model.scale,
-        source_sha256=sha256_file(info.path),
+        source_sha256=file_sha256(Path(info.path)),
         frames_per_batch=frames_per_batch,
         seconds_per_batch=seconds_per_batch,
     )

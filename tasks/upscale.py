@@ -58,7 +58,7 @@ def chunk_is_present(work_dir: str, batch: Batch) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
-def _get_upscaler(job: UpscaleJob) -> Upscaler:
+def upscaler_for(job: UpscaleJob) -> Upscaler:
     """One model and one engine per worker process, reused by every batch it runs."""
     model = get_model(job.model, denoise_strength=job.denoise_strength, progress=False)
     key = (model.weights_sha256, job.device, job.engine)
@@ -95,7 +95,7 @@ def upscale_batch(
     return run_batch(
         video,
         batch,
-        _get_upscaler(job),
+        upscaler_for(job),
         batch_chunk_path(work_dir, batch),
         encoder=job.encoder,
         out_size=out_size,

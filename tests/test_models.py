@@ -1,9 +1,9 @@
 """Tests for vsrflow.models: registry, weights resolution/download, safe loading, blending.
 
 Real Real-ESRGAN weights come from the shared directory (env ``VSRFLOW_SHARED_DIR``, default
-``<repo>/../shared``); tests that need a missing file skip and name the path. Downloads go
-to a real HTTP server on 127.0.0.1; every other test points the download base URL at a
-closed local port, so nothing can reach the internet by accident.
+``<repo>/../shared``) through conftest's ``shared_model``; a missing file skips with its path.
+Downloads go to a real HTTP server on 127.0.0.1; every other test points the download base URL
+at a closed local port, so nothing can reach the internet by accident.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vsrflow import hashing as hashing_module
 from vsrflow.errors import (
     CorruptWeightsError,
     InvalidDenoiseStrengthError,
@@ -51,7 +52,6 @@ from vsrflow.models import (
     resolve_weights,
 )
 from vsrflow.models import registry as registry_module
-from vsrflow.models import weights as weights_module
 
 ANIME = "realesr-animevideov3"
 ANIME_RELEASE_PATH = "v0.2.5.0/realesr-animevideov3.pth"
@@ -60,27 +60,9 @@ X4PLUS_NCNN = "RealESRGAN_x4plus.from-ncnn-fp16.pth"
 ANIME6B_NCNN = "RealESRGAN_x4plus_anime_6B.from-ncnn-fp16.pth"
 
 
-# --- shared data ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def shared_models_dir() -> Path:
-    """``$VSRFLOW_SHARED_DIR/models`` (default ``<repo>/../shared/models``)."""
-    default = Path(__file__).resolve().parents[1].parent / "shared"
-    return Path(os.environ.get("VSRFLOW_SHARED_DIR", default)) / "models"
-
-
-@pytest.fixture(scope="session")
-def shared_model(shared_models_dir: Path):
-    """Return a function giving the path of a shared weights file, skipping if absent."""
-
-    def get(filename: str) -> Path:
-        path = shared_models_dir / filename
-        if not path.is_file():
-            pytest.skip(f"shared weights file {path} not found (set VSRFLOW_SHARED_DIR)")
-        return path
-
-    return get
+# --- isolation -------------------------------------------------------------------------------
+# Shared weights come from the conftest fixture ``shared_model(filename)``, which skips and
+# names the path when ``$VSRFLOW_SHARED_DIR/models/<filename>`` is absent.
 
 
 def _closed_port() -> int:
@@ -141,7 +123,7 @@ def release_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ReleaseServer]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}/mirror/"
     monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", base)
@@ -396,13 +378,13 @@ def test_hash_memo_avoids_rehashing_until_the_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
-    real = weights_module._sha256_of_file
+    real = hashing_module._sha256_of_file
 
     def counting(path: Path) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(weights_module, "_sha256_of_file", counting)
+    monkeypatch.setattr(hashing_module, "_sha256_of_file", counting)
     path = tmp_path / "user.pth"
     path.write_bytes(b"a" * 1000)
     first = resolve_weights(str(path))

@@ -9,6 +9,7 @@ fp16 on CUDA, bf16 autocast on CPUs with native bf16, fp32 otherwise or on reque
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Iterator
@@ -116,9 +117,10 @@ class Upscaler:
         self.settings = settings
         self.precision = resolve_precision(settings.precision, self.device, descriptor)
         self.scale = descriptor.scale
-        descriptor = descriptor.to(self.device).eval()
         if self.precision == "fp16":
-            descriptor = descriptor.half()
+            # Models are shared per process (vsrflow.models.get_model): convert a copy.
+            descriptor = copy.deepcopy(descriptor).half()
+        descriptor = descriptor.to(self.device).eval()
         if settings.channels_last:
             descriptor.model.to(memory_format=torch.channels_last)
         self._descriptor = descriptor

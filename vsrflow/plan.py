@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +37,6 @@ class Batch:
     @property
     def frame_count(self) -> int:
         return self.end - self.start
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Content hash of a local file, read in 1 MiB chunks (the source identity for caching)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def batch_frames(

@@ -117,6 +117,7 @@ port_in_use() {
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }
 
 # with_lock FILE: take an exclusive lock for the rest of the script (fd 9).
+# The lock is on fd 9: start long-running daemons with `9>&-` or they keep it held forever.
 with_lock() {
   exec 9>"$1"
   flock -w "${LOCK_TIMEOUT:-300}" 9 || die "could not lock $1 within ${LOCK_TIMEOUT:-300} s"

@@ -261,7 +261,7 @@ rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
 munged_bin="$(command -v munged || echo /usr/sbin/munged)"
 "$munged_bin" --key-file="$MUNGE_DIR/munge.key" --socket="$MUNGE_SOCKET" \
   --pid-file="$MUNGE_PID" --log-file="$MUNGE_LOG" --seed-file="$MUNGE_DIR/munged.seed" \
-  </dev/null >>"$MUNGE_LOG" 2>&1 || fail_with_logs "munged failed to start"
+  </dev/null >>"$MUNGE_LOG" 2>&1 9>&- || fail_with_logs "munged failed to start"
 deadline=$((SECONDS + 15))
 until munge -n -S "$MUNGE_SOCKET" 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; do
   ((SECONDS < deadline)) || fail_with_logs "munged does not answer on $MUNGE_SOCKET"
@@ -270,7 +270,7 @@ done
 
 # ---- slurmctld and slurmd (they daemonize; -c starts from a clean job/node state)
 export SLURM_CONF="$CONF"
-slurmctld -c -f "$CONF" </dev/null >>"$CTLD_LOG" 2>&1 || fail_with_logs "slurmctld failed to start"
+slurmctld -c -f "$CONF" </dev/null >>"$CTLD_LOG" 2>&1 9>&- || fail_with_logs "slurmctld failed to start"
 deadline=$((SECONDS + TIMEOUT))
 until SLURM_CONF="$CONF" timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; do
   ((SECONDS < deadline)) || fail_with_logs "slurmctld did not answer within ${TIMEOUT} s"
@@ -278,7 +278,7 @@ until SLURM_CONF="$CONF" timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; 
     fail_with_logs "slurmctld exited during startup"
   sleep 0.2
 done
-slurmd -c -f "$CONF" -N "$NODE" </dev/null >>"$SLURMD_LOG" 2>&1 || fail_with_logs "slurmd failed to start"
+slurmd -c -f "$CONF" -N "$NODE" </dev/null >>"$SLURMD_LOG" 2>&1 9>&- || fail_with_logs "slurmd failed to start"
 
 state=""
 until [[ "$state" == idle ]]; do

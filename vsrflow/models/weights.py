@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import os
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from vsrflow.errors import (
     WeightsHashMismatchError,
     WeightsNotFoundError,
 )
+from vsrflow.hashing import clear_hash_memo, file_sha256
 from vsrflow.models.registry import ModelSpec, get_spec, list_specs
 
 ENV_MODEL_PATH: Final = "VSRFLOW_MODEL_PATH"
@@ -67,44 +67,6 @@ class ResolvedWeights:
     def name(self) -> str:
         """Registry name, or the file stem for user files."""
         return self.spec.name if self.spec is not None else self.path.stem
-
-
-# --- hashing ---------------------------------------------------------------------------
-
-_hash_memo: dict[tuple[str, int, int, int], str] = {}
-_hash_lock = threading.Lock()
-
-
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, memoised on (real path, inode, mtime, size).
-
-    Resolving the same 67 MB model for every batch of a job would otherwise rehash it
-    each time; any rewrite of the file changes mtime or size and invalidates the entry.
-    """
-    st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
-    with _hash_lock:
-        cached = _hash_memo.get(key)
-    if cached is not None:
-        return cached
-    digest = _sha256_of_file(path)
-    with _hash_lock:
-        _hash_memo[key] = digest
-    return digest
-
-
-def clear_hash_memo() -> None:
-    """Forget every memoised hash (tests; or after editing files in place)."""
-    with _hash_lock:
-        _hash_memo.clear()
 
 
 # --- locations -------------------------------------------------------------------------
