@@ -69,6 +69,24 @@ stop_pids() {
     kill -KILL "${live[@]}" 2>/dev/null || true
     wait_dead 5 "${live[@]}" || die "$name (pid ${live[*]}) survived SIGKILL"
   fi
+  STOPPED_PIDS+=("${live[@]}")
+}
+
+# Pids stopped by stop_pids, for a final wait_reaped "${STOPPED_PIDS[@]}".
+STOPPED_PIDS=()
+
+# wait_reaped PID...: give PID 1 up to REAP_TIMEOUT (5 s) to reap dead orphans, so that
+# `pgrep` right after a stop shows no <defunct> entries. Never fails (zombies hold nothing).
+wait_reaped() {
+  local deadline p any
+  deadline=$((SECONDS + ${REAP_TIMEOUT:-5}))
+  while ((SECONDS < deadline)); do
+    any=0
+    for p in "$@"; do [[ -e "/proc/$p" ]] && any=1; done
+    ((any == 0)) && return 0
+    sleep 0.1
+  done
+  return 0
 }
 
 # stop_pidfile NAME FILE [COMM]: stop the process named by a pid file (if it is still ours).

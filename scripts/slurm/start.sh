@@ -145,7 +145,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,bf_interval=2
 DefMemPerCPU=$DEF_MEM_PER_CPU
 MailProg=/bin/true
 GresTypes=gpu

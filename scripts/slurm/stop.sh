@@ -75,4 +75,5 @@ stop_pidfile munged "$MUNGE_PID" munged
 mapfile -t strays < <(our_procs slurmd slurmctld munged slurmstepd)
 ((${#strays[@]})) && stop_pids "stray daemons" "${strays[@]}"
 
+((${#STOPPED_PIDS[@]} == 0)) || wait_reaped "${STOPPED_PIDS[@]}"
 log "stopped"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 import av.error
+from av.stream import Discard
 
 from vsrflow.errors import AssemblyError
 from vsrflow.media.codecs import (
@@ -74,7 +75,7 @@ def check_output_compatible(info: MediaInfo, output: str | Path, codec: str) -> 
         buffer = io.BytesIO()
         with av.open(buffer, mode="w", format=MUXER_BY_CONTAINER[container]) as probe_out:
             for stream in src.streams:
-                if stream.type not in COPIED_KINDS:
+                if not _copyable(stream):
                     continue
                 try:
                     probe_out.add_stream_from_template(stream)
@@ -92,6 +93,12 @@ def check_output_compatible(info: MediaInfo, output: str | Path, codec: str) -> 
                     f"a .{container} file cannot hold these streams: {exc}; choose another "
                     "output container"
                 ) from exc
+
+
+def _copyable(stream: av.stream.Stream) -> bool:
+    """Copied from the source: audio, subtitles, data; not the mp4 chapter text track, which
+    the demuxer discards and the muxer rewrites from the chapters."""
+    return stream.type in COPIED_KINDS and stream.discard != Discard.all
 
 
 def _timed_packets(
@@ -126,7 +133,7 @@ def _remux(info: MediaInfo, chunks: Sequence[str | Path], tmp: Path, muxer: str)
     ):
         out_video = out.add_stream_from_template(first.streams.video[0])
         _copy_stream_tags(src.streams[info.video.index], out_video)
-        copied = [s for s in src.streams if s.type in COPIED_KINDS]
+        copied = [s for s in src.streams if _copyable(s)]
         out_by_src = {s.index: out.add_stream_from_template(s) for s in copied}
         for s in copied:
             _copy_stream_tags(s, out_by_src[s.index])
@@ -137,6 +144,15 @@ def _remux(info: MediaInfo, chunks: Sequence[str | Path], tmp: Path, muxer: str)
         last_dts: int | None = None
         video_packets = 0
         source_packets = _timed_packets(src, copied, 1) if copied else iter(())
+        # The mp4/mov muxer writes the empty mov_text sample that ends each cue by itself, so
+        # copying the source's own end samples as well would double every one of them.
+        regenerated_ends = {
+            s.index
+            for s in copied
+            if muxer in ("mp4", "mov")
+            and s.codec_context is not None
+            and s.codec_context.name == "mov_text"
+        }
         for _when, _order, packet in heapq.merge(
             _chunk_packets(chunks), source_packets, key=lambda item: (item[0], item[1])
         ):
@@ -145,6 +161,8 @@ def _remux(info: MediaInfo, chunks: Sequence[str | Path], tmp: Path, muxer: str)
                 packet.dts, last_dts = _monotonic_dts(packet, last_dts)
                 video_packets += 1
             else:
+                if packet.stream.index in regenerated_ends and bytes(packet) == b"\x00\x00":
+                    continue
                 packet.stream = out_by_src[packet.stream.index]
             out.mux(packet)
     return video_packets
@@ -188,7 +206,7 @@ def verify_output(path: str | Path, info: MediaInfo) -> AssemblyReport:
         video = out.streams.video[0]
         tb = video.time_base
         got = sorted(p.pts for p in out.demux(video) if p.size and p.pts is not None)
-        copied = len(out.streams) - 1
+        copied = sum(1 for s in out.streams if _copyable(s))
         duration = float(out.duration / av.time_base) if out.duration else 0.0
     want = info.video.pts
     if len(got) != len(want):

@@ -17,6 +17,7 @@ from typing import Any
 
 import av
 import av.error
+from av.stream import Discard
 
 from vsrflow.errors import (
     CorruptMediaError,
@@ -225,7 +226,11 @@ def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS)
                 f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
                 f"{max_pixels} (raise max_pixels to allow it)"
             )
-        others = [s for s in container.streams if s.index != vstream.index]
+        # Streams the demuxer discards itself (the text track an mp4 keeps its chapters in)
+        # hold nothing to copy; their content is in ``chapters`` below.
+        others = [
+            s for s in container.streams if s.index != vstream.index and s.discard != Discard.all
+        ]
         packet_counts = dict.fromkeys((s.index for s in others), 0)
         pts: list[int] = []
         keyframes: list[int] = []

@@ -1,0 +1,212 @@
+"""The ``vsrflow`` command: upscale a video or images, list/fetch models, probe a file.
+
+``vsrflow upscale`` runs the same Prefect flows as deployments do (in-process, on Prefect's
+embedded server unless PREFECT_API_URL points at one) and shows frame-level progress read
+from the work directory while the flow runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vsrflow.errors import VsrflowError
+from vsrflow.images import IMAGE_SUFFIXES
+
+#: Defaults that make the embedded Prefect server work offline on small machines.
+PREFECT_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def _is_image_job(source: Path) -> bool:
+    return source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsrflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upscale", help="upscale a video, an image or a folder of images")
+    up.add_argument("input", help="video file, image file or folder of images")
+    up.add_argument("-o", "--output", required=True, help="output file (or folder for images)")
+    up.add_argument("--model", help="registry name or .pth/.safetensors path (see models list)")
+    up.add_argument("--content", choices=["anime", "real", "general"],
+                    help="preset choosing the model (default: anime for video, real for images)")
+    up.add_argument("--denoise-strength", type=float, default=1.0,
+                    help="realesr-general-x4v3: 1 = none .. 0 = strongest")
+    size = up.add_mutually_exclusive_group()
+    size.add_argument("--outscale", type=float, help="final scale factor (default: model scale)")
+    size.add_argument("--target-height", type=int, help="final height in pixels, aspect kept")
+    up.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = off)")
+    up.add_argument("--tile-pad", type=int, default=16)
+    up.add_argument("--micro-batch", type=int, default=4, help="frames per forward pass")
+    up.add_argument("--batch-frames", type=int, help="frames per batch task")
+    up.add_argument("--batch-seconds", type=float, default=4.0, help="seconds per batch task")
+    up.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "prores", "ffv1"])
+    up.add_argument("--crf", type=int, help="quality (codec default: h264 18)")
+    up.add_argument("--preset", dest="encoder_preset", help="encoder speed preset")
+    precision = up.add_mutually_exclusive_group()
+    precision.add_argument("--fp32", action="store_true", help="force full precision")
+    precision.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                           default="auto")
+    up.add_argument("--profile", default="local", help="compute profile (default: local)")
+    up.add_argument("--work-dir", help="chunks/cache/progress (default: beside the output)")
+    up.add_argument("--keep-chunks", action="store_true", help="keep chunks after publishing")
+    up.add_argument("--alpha-mode", choices=["model", "bicubic"], default="model")
+    up.add_argument("--no-progress", action="store_true", help="no progress bar")
+    up.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+
+    models = sub.add_parser("models", help="list or fetch model weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="registry models and whether they are cached")
+    fetch = models_sub.add_parser("fetch", help="download and verify weights into the cache")
+    fetch.add_argument("names", nargs="+")
+
+    probe = sub.add_parser("probe", help="describe a media file (JSON)")
+    probe.add_argument("input")
+    return parser
+
+
+def _video_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "input_path": args.input,
+        "output_path": args.output,
+        "content": args.content or "anime",
+        "model": args.model,
+        "denoise_strength": args.denoise_strength,
+        "outscale": args.outscale,
+        "target_height": args.target_height,
+        "codec": args.codec,
+        "crf": args.crf,
+        "encoder_preset": args.encoder_preset,
+        "precision": "fp32" if args.fp32 else args.precision,
+        "tile": args.tile,
+        "tile_pad": args.tile_pad,
+        "micro_batch": args.micro_batch,
+        "batch_frames": args.batch_frames,
+        "batch_seconds": args.batch_seconds,
+        "profile": args.profile,
+        "work_dir": args.work_dir,
+        "keep_chunks": args.keep_chunks,
+    }
+
+
+def _image_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "input_path": args.input,
+        "output_path": args.output,
+        "content": args.content or "real",
+        "model": args.model,
+        "denoise_strength": args.denoise_strength,
+        "outscale": args.outscale,
+        "target_height": args.target_height,
+        "alpha_mode": args.alpha_mode,
+        "precision": "fp32" if args.fp32 else args.precision,
+        "tile": args.tile,
+        "tile_pad": args.tile_pad,
+        "profile": args.profile,
+        "work_dir": args.work_dir,
+    }
+
+
+def _watch_progress(work_dir: str, output: str, done: threading.Event) -> None:
+    """Poll the work directory's progress files into a tqdm bar until ``done``."""
+    from tqdm import tqdm
+
+    from vsrflow.progress import read_progress
+
+    bar = tqdm(total=None, unit="frame", desc="starting", dynamic_ncols=True)
+    try:
+        while not done.wait(0.5):
+            snapshot = read_progress(work_dir, output)
+            if snapshot is None:
+                continue
+            if bar.total != snapshot.total:
+                bar.reset(total=snapshot.total)
+                bar.set_description("upscaling")
+            bar.update(snapshot.done - bar.n)
+        snapshot = read_progress(work_dir, output)
+        if snapshot is not None:
+            bar.update(snapshot.done - bar.n)
+    finally:
+        bar.close()
+
+
+def _run_upscale(args: argparse.Namespace) -> int:
+    for key, value in PREFECT_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    source = Path(args.input)
+    if _is_image_job(source):
+        from flows.upscale_images import upscale_images
+
+        summary = upscale_images(**_image_params(args))
+        print(json.dumps(summary, indent=2))
+        return 0
+
+    from flows.upscale_video import default_work_dir, upscale_video
+
+    params = _video_params(args)
+    work_dir = args.work_dir or default_work_dir(args.output)
+    done = threading.Event()
+    watcher = None
+    if not args.no_progress:
+        watcher = threading.Thread(target=_watch_progress, args=(work_dir, args.output, done),
+                                   daemon=True)
+        watcher.start()
+    started = time.perf_counter()
+    try:
+        summary = upscale_video(**params)
+    finally:
+        done.set()
+        if watcher is not None:
+            watcher.join()
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from vsrflow.models import default_cache_dir, fetch_weights, list_specs
+
+    if args.models_command == "list":
+        cache = default_cache_dir()
+        for spec in list_specs():
+            cached = "cached" if (cache / spec.filename).is_file() else "-"
+            print(f"{spec.name:28} x{spec.scale}  {spec.content:8} {cached:7} {spec.description}")
+        return 0
+    for name in args.names:
+        weights = fetch_weights(name)
+        print(f"{name}: {weights.path} (sha256 {weights.sha256})")
+    return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from vsrflow.media.probe import probe
+
+    print(json.dumps(probe(args.input).summary(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    handlers = {"upscale": _run_upscale, "models": _run_models, "probe": _run_probe}
+    try:
+        return handlers[args.command](args)
+    except (VsrflowError, ValueError, FileNotFoundError) as exc:
+        print(f"vsrflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Stop the SeaweedFS started by scripts/s3/start.sh (by pid file, with its children).
+# Keeps the data and credentials in the state dir. Idempotent.
+#
+# Environment: VSRFLOW_S3_DIR (default /tmp/vsrflow-s3).
+set -euo pipefail
+
+COMPONENT=vsrflow-s3
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/lib/common.sh
+source "$HERE/../lib/common.sh"
+
+STATE="${VSRFLOW_S3_DIR:-/tmp/vsrflow-s3}"
+PIDFILE="$STATE/weed.pid"
+
+[[ -d "$STATE" ]] || exit 0
+[[ "${VSRFLOW_S3_LOCK_HELD:-}" == 1 ]] || with_lock "$STATE/.lock"
+
+pid="$(read_pidfile "$PIDFILE")"
+if [[ -n "$pid" ]] && pid_alive "$pid"; then
+  if [[ "$(pid_comm "$pid")" == weed* ]]; then
+    mapfile -t kids < <(descendants "$pid")
+    # weed mini needs ~1 s (volume.preStopSeconds) to shut down cleanly on SIGTERM.
+    STOP_TIMEOUT=15 stop_pids weed "$pid" "${kids[@]}"
+  else
+    log "pid file names pid $pid which is '$(pid_comm "$pid")', not weed: not killing it"
+  fi
+fi
+rm -f "$PIDFILE" "$STATE/running.port" "$STATE/s3.sock" "$STATE/filer.sock"
+((${#STOPPED_PIDS[@]} == 0)) || wait_reaped "${STOPPED_PIDS[@]}"
+log "stopped"
