@@ -155,7 +155,11 @@ def _run_upscale(args: argparse.Namespace) -> int:
         return 0
 
     from flows.upscale_video import default_work_dir, upscale_video
+    from vsrflow.media.assemble import check_output_compatible
+    from vsrflow.media.probe import probe
 
+    # Fail fast, before Prefect starts, with one line for input the flow would reject.
+    check_output_compatible(probe(args.input), args.output, args.codec)
     params = _video_params(args)
     work_dir = args.work_dir or default_work_dir(args.output)
     done = threading.Event()

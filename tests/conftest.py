@@ -169,3 +169,15 @@ def not_media_file(media_dir: Path) -> mf.FixtureInfo:
 @pytest.fixture(scope="session")
 def image_set(media_dir: Path) -> mf.ImageSetInfo:
     return mf.make_image_set(media_dir / "images")
+
+
+@pytest.fixture(scope="session")
+def chapters_clip(media_dir: Path) -> mf.FixtureInfo:
+    """mp4 with two chapters (see ``media_fixtures.CHAPTERS``) and one AAC track."""
+    return mf.make_chapters(media_dir / "chapters.mp4")
+
+
+@pytest.fixture(scope="session")
+def audio_only_file(media_dir: Path) -> mf.FixtureInfo:
+    """An AAC-only .m4a: opens, but has no video stream."""
+    return mf.make_audio_only(media_dir / "audio_only.m4a")

@@ -916,3 +916,77 @@ def make_image_set(directory: Path, width: int = 40, height: int = 30) -> ImageS
     back16 = _decode_image(images["rgb16"].path).to_ndarray(format="rgb48le")
     _check(bool(np.any(back16 % 257 != 0)), images["rgb16"].path, "16-bit PNG is 8-bit data")
     return ImageSetInfo(directory=directory, images=images)
+
+
+# --------------------------------------------------------------------------------------------
+# Added for the probe and end-to-end video tests: chapters, and a file without video
+
+
+#: Chapters written by :func:`make_chapters`: (start ms, end ms, title).
+CHAPTERS = ((0, 500, "Opening"), (500, 1000, "Ending"))
+
+
+def make_chapters(path: Path) -> FixtureInfo:
+    """h264 + AAC mono 'eng' mp4 (24 frames, 1 s) with the two chapters of :data:`CHAPTERS`.
+
+    Why: chapters must survive probing and assembly. Written with ``container.set_chapters``
+    before the first mux. The mp4 muxer stores chapters in a QuickTime text track, which the
+    demuxer exposes on reopen as an extra ``data`` stream (codec ``bin_data``) with
+    ``discard == Discard.all`` and no packets; ``container.chapters()`` returns the chapters.
+    """
+    with av.open(str(path), "w") as out:
+        video = _add_video(out)
+        audio = _add_audio(out, 48000, "mono", "eng")
+        out.set_chapters(
+            [
+                {
+                    "id": i + 1,
+                    "start": start,
+                    "end": end,
+                    "time_base": Fraction(1, 1000),
+                    "metadata": {"title": title},
+                }
+                for i, (start, end, title) in enumerate(CHAPTERS)
+            ]
+        )
+        _encode_video(out, video, (_pattern_frame(i) for i in range(24)))
+        _encode_tone(out, audio, 1.0)
+    info = probe_clip(path)
+    _check_valid(info, 24)
+    with av.open(str(path)) as container:
+        got = tuple(
+            (
+                round(ch["start"] * ch["time_base"] * 1000),
+                round(ch["end"] * ch["time_base"] * 1000),
+                ch["metadata"].get("title", ""),
+            )
+            for ch in container.chapters()
+        )
+    _check(got == CHAPTERS, path, f"chapters {got}")
+    return replace(info, notes="two chapters (mp4 chapter text track)")
+
+
+def make_audio_only(path: Path) -> FixtureInfo:
+    """An AAC-only mp4 (.m4a): it opens as media but holds no video stream."""
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = _add_audio(out, 48000, "mono", "eng")
+        _encode_tone(out, audio, 0.5)
+    with av.open(str(path)) as container:
+        kinds = [s.type for s in container.streams]
+        container_format = container.format.name
+    _check(kinds == ["audio"], path, f"streams {kinds}")
+    return FixtureInfo(
+        path=path,
+        width=0,
+        height=0,
+        frame_count=0,
+        pts=(),
+        time_base=None,
+        pix_fmt=None,
+        audio_stream_count=1,
+        subtitle_stream_count=0,
+        rotation=0,
+        container_format=container_format,
+        size_bytes=path.stat().st_size,
+        notes="audio only",
+    )

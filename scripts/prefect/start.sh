@@ -84,16 +84,17 @@ pid=$!
 echo "$pid" >"$PIDFILE"
 echo "$PORT" >"$STATE/running.port"
 
+# abort MSG: show the log, stop the half-started server, fail.
+abort() {
+  show_log_tail "$LOGFILE" 40
+  VSRFLOW_PREFECT_LOCK_HELD=1 VSRFLOW_PREFECT_DIR="$STATE" "$HERE/stop.sh" >&2 || true
+  die "$1"
+}
+
 deadline=$((SECONDS + TIMEOUT))
 until health; do
-  if ! pid_alive "$pid"; then
-    show_log_tail "$LOGFILE" 40
-    die "prefect server exited during startup"
-  fi
-  if ((SECONDS >= deadline)); then
-    show_log_tail "$LOGFILE" 40
-    die "$API/health did not answer within ${TIMEOUT} s"
-  fi
+  pid_alive "$pid" || abort "prefect server exited during startup"
+  ((SECONDS < deadline)) || abort "$API/health did not answer within ${TIMEOUT} s"
   sleep 0.5
 done
 

@@ -120,46 +120,62 @@ fi
 VSRFLOW_S3_LOCK_HELD=1 VSRFLOW_S3_DIR="$STATE" "$HERE/stop.sh" >&2
 port_in_use "$PORT" && die "TCP port $PORT is already in use by another process; set VSRFLOW_S3_PORT"
 
-# Internal ports: explicit env > last used (if still free) > a free one. Reusing keeps the
-# volume server's id (ip:port) stable across restarts of the same data dir.
-declare -A last=()
-if [[ -s "$PORTS" ]]; then
-  while IFS='=' read -r k v; do [[ -n "$k" ]] && last[$k]="$v"; done <"$PORTS"
-fi
-taken=" $PORT "
-free_port() {
-  local p
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    p="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    [[ "$taken" != *" $p "* ]] && ! port_in_use "$p" && { echo "$p"; return 0; }
-  done
-  return 1
-}
-pick_port() { # NAME EXPLICIT
-  local name="$1" p="${2:-}"
-  if [[ -n "$p" ]]; then
-    port_in_use "$p" && die "port $p for $name is already in use"
-  else
-    p="${last[$name]:-}"
-    if [[ -z "$p" || "$taken" == *" $p "* ]] || port_in_use "$p"; then
-      p="$(free_port)" || die "no free port for $name"
-    fi
-  fi
-  taken+="$p "
-  printf '%s' "$p"
-}
+# Internal ports: explicit env > last used (if still free) > a free one. Reusing them keeps
+# the master's state dir (data/m<master port>) and the volume server id (ip:port) stable.
+# weed's embedded worker dials the admin gRPC at admin port + 10000 whatever
+# -admin.port.grpc says, so the admin port is chosen with that partner free too.
+VSRFLOW_S3_PORT="$PORT" "$PY" - "$PORTS" <<'PY' || die "could not choose free ports"
+import os, random, socket, sys
+
+path = sys.argv[1]
+last = {}
+if os.path.exists(path):
+    for line in open(path):
+        k, _, v = line.strip().partition("=")
+        if v.isdigit():
+            last[k] = int(v)
+explicit = {k: os.environ.get(f"VSRFLOW_S3_{k.upper()}_PORT", "") for k in ("master", "volume", "filer")}
+taken = {int(os.environ["VSRFLOW_S3_PORT"])}
+
+def free(port):
+    if port in taken or not 1024 <= port <= 65535:
+        return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    with socket.socket() as s:  # listening on another address (0.0.0.0) also collides
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+ports = {}
+for name in ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
+             "s3_grpc", "admin"):
+    partner = 10000 if name == "admin" else 0
+    ok = lambda p: free(p) and (not partner or free(p + partner))
+    if explicit.get(name):
+        port = int(explicit[name])
+        if not ok(port):
+            sys.exit(f"port {port} for {name} is in use")
+    elif name in last and ok(last[name]):
+        port = last[name]
+    else:
+        for _ in range(200):
+            port = random.randint(20000, 55000)
+            if ok(port):
+                break
+        else:
+            sys.exit(f"no free port for {name}")
+    ports[name] = port
+    taken.update({port, port + partner} if partner else {port})
+with open(path + ".tmp", "w") as f:
+    f.writelines(f"{k}={v}\n" for k, v in ports.items())
+os.replace(path + ".tmp", path)
+PY
 declare -A P=()
-for name in master master_grpc volume volume_grpc filer filer_grpc s3_grpc admin admin_grpc; do
-  case "$name" in
-    master) explicit="${VSRFLOW_S3_MASTER_PORT:-}" ;;
-    volume) explicit="${VSRFLOW_S3_VOLUME_PORT:-}" ;;
-    filer) explicit="${VSRFLOW_S3_FILER_PORT:-}" ;;
-    *) explicit="" ;;
-  esac
-  P[$name]="$(pick_port "$name" "$explicit")"
-  taken+="${P[$name]} "
-done
-for name in "${!P[@]}"; do printf '%s=%s\n' "$name" "${P[$name]}"; done | sort >"$PORTS"
+while IFS='=' read -r k v; do [[ -n "$k" ]] && P[$k]="$v"; done <"$PORTS"
 
 # Identity file (SigV4 only: no anonymous access).
 _AK="$ACCESS" _SK="$SECRET" "$PY" - "$STATE/s3.json" <<'PY'
@@ -177,6 +193,9 @@ PY
 printf '%s\t%s\n' "$ACCESS" "$SECRET" >"$CREDS.tmp" && mv -f "$CREDS.tmp" "$CREDS"
 
 mkdir -p "$STATE/data"
+# weed mini saves its options to data/mini.options and loads them on the next start: drop
+# them so that only this command line counts (the auto volume size is recomputed).
+rm -f "$STATE/data/mini.options"
 log "starting weed mini on $ENDPOINT (log: $LOGFILE)"
 { printf '\n===== %s start (s3 %s, master %s, volume %s, filer %s)\n' "$(date -Is)" \
   "$PORT" "${P[master]}" "${P[volume]}" "${P[filer]}"; } >>"$LOGFILE"
@@ -195,22 +214,48 @@ env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN \
   -master.port="${P[master]}" -master.port.grpc="${P[master_grpc]}" \
   -volume.port="${P[volume]}" -volume.port.grpc="${P[volume_grpc]}" \
   -filer.port="${P[filer]}" -filer.port.grpc="${P[filer_grpc]}" \
-  -admin.port="${P[admin]}" -admin.port.grpc="${P[admin_grpc]}" -admin.dataDir="$STATE/admin" \
+  -admin.port="${P[admin]}" -admin.dataDir="$STATE/admin" \
   </dev/null >>"$LOGFILE" 2>&1 9>&- &
 pid=$!
 echo "$pid" >"$PIDFILE"
 echo "$PORT" >"$STATE/running.port"
 
+# abort MSG: show the log, stop the half-started server, fail.
+abort() {
+  show_log_tail "$LOGFILE" 40
+  VSRFLOW_S3_LOCK_HELD=1 VSRFLOW_S3_DIR="$STATE" "$HERE/stop.sh" >&2 || true
+  die "$1"
+}
+
 deadline=$((SECONDS + TIMEOUT))
 until list_buckets; do
-  if ! pid_alive "$pid"; then
-    show_log_tail "$LOGFILE" 40
-    die "weed exited during startup"
-  fi
-  if ((SECONDS >= deadline)); then
-    show_log_tail "$LOGFILE" 40
-    die "S3 ListBuckets on $ENDPOINT did not succeed within ${TIMEOUT} s"
-  fi
+  pid_alive "$pid" || abort "weed exited during startup"
+  ((SECONDS < deadline)) || abort "S3 ListBuckets on $ENDPOINT did not succeed within ${TIMEOUT} s"
+  sleep 0.3
+done
+# After a restart S3 answers before the volume server has reported its existing volumes to
+# the master, and reads of old objects fail ("volume N not found"): wait for all of them.
+until "$PY" - "$STATE/data" "http://127.0.0.1:${P[master]}/dir/status" <<'PY' 2>/dev/null; do
+import glob, json, os, re, sys, urllib.request
+
+on_disk = set()
+for p in glob.glob(os.path.join(sys.argv[1], "*.dat")):
+    m = re.search(r"(?:^|_)(\d+)\.dat$", os.path.basename(p))
+    if m:
+        on_disk.add(m.group(1))
+with urllib.request.urlopen(sys.argv[2], timeout=5) as r:
+    topo = json.load(r)["Topology"]
+known = set()
+for dc in topo.get("DataCenters") or []:
+    for rack in dc.get("Racks") or []:
+        for node in rack.get("DataNodes") or []:
+            for tok in str(node.get("VolumeIds", "")).split():  # e.g. " 1 3-5"
+                lo, _, hi = tok.partition("-")
+                known.update(str(i) for i in range(int(lo), int(hi or lo) + 1))
+sys.exit(0 if on_disk <= known else 1)
+PY
+  ((SECONDS < deadline)) || abort "the master did not list all volumes in $STATE/data within ${TIMEOUT} s"
+  pid_alive "$pid" || abort "weed exited during startup"
   sleep 0.3
 done
 

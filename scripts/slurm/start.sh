@@ -211,6 +211,8 @@ fail_with_logs() {
   show_log_tail "$MUNGE_LOG" 15
   show_log_tail "$CTLD_LOG" 30
   show_log_tail "$SLURMD_LOG" 30
+  log "stopping the half-started cluster"
+  VSRFLOW_SLURM_LOCK_HELD=1 VSRFLOW_SLURM_DIR="$STATE" "$HERE/stop.sh" >&2 || true
   exit 1
 }
 

@@ -1,0 +1,190 @@
+"""The Prefect flows end to end on the embedded server: outputs, cross-run cache, retries.
+
+These run the real flows in-process (local profile: a Dask LocalCluster), exactly what the CLI
+and the demo do, on tiny synthetic clips and the real animevideov3 weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import media_fixtures as mf
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.exceptions import ParameterTypeError
+
+from flows.upscale_images import upscale_images
+from flows.upscale_video import upscale_video
+from tasks.upscale import FAIL_ONCE_ENV
+from vsrflow.images import read_image
+
+
+def _decoded(path: Path) -> tuple[list[int], list[np.ndarray]]:
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+        return [f.pts for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
+
+
+def _pts_seconds(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted(float(p.pts * stream.time_base) for p in container.demux(stream) if p.size)
+
+
+@pytest.fixture(scope="module")
+def model_path(shared_model: Callable[[str], Path]) -> str:
+    return str(shared_model("realesr-animevideov3.pth"))
+
+
+def _run(source: Path, output: Path, model: str, work: Path, **extra: Any) -> dict[str, Any]:
+    return upscale_video(
+        input_path=str(source),
+        output_path=str(output),
+        model=model,
+        batch_frames=8,
+        work_dir=str(work),
+        **extra,
+    )
+
+
+def test_video_flow_output_and_cache_across_runs(
+    vfr_clip: mf.FixtureInfo, model_path: str, tmp_path: Path
+) -> None:
+    output, work = tmp_path / "out.mp4", tmp_path / "work"
+    first = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
+    batches = first["batches"]
+    assert batches == -(-vfr_clip.frame_count // 8) and batches >= 2
+    assert first["batches_computed"] == batches and first["batches_cached"] == 0
+    assert first["frames"] == vfr_clip.frame_count
+    assert first["out_size"] == [vfr_clip.width * 4, vfr_clip.height * 4]
+    source_seconds = _pts_seconds(vfr_clip.path)
+    assert np.allclose(_pts_seconds(output), source_seconds, atol=0.001)
+    first_bytes = output.read_bytes()
+
+    second = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
+    assert second["batches_computed"] == 0
+    assert second["batches_cached"] == batches
+    assert output.read_bytes() == first_bytes
+
+    # A cache record whose chunk disappeared is not trusted: exactly that batch is recomputed.
+    chunks = sorted((work / "chunks").glob("*.mp4"))
+    assert len(chunks) == batches
+    chunks[1].unlink()
+    third = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
+    assert third["batches_computed"] == 1 and third["batches_cached"] == batches - 1
+    assert _decoded(output)[0] == _decoded(Path(vfr_clip.path))[0]
+
+
+def test_changed_settings_invalidate_the_cache(
+    no_audio_clip: mf.FixtureInfo, model_path: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    base = _run(no_audio_clip.path, tmp_path / "a.mp4", model_path, work, keep_chunks=True)
+    other = _run(no_audio_clip.path, tmp_path / "b.mp4", model_path, work, keep_chunks=True, crf=30)
+    assert base["batches_computed"] == base["batches"]
+    assert other["batches_computed"] == other["batches"]
+
+
+def test_chunks_are_removed_after_publish_by_default(
+    no_audio_clip: mf.FixtureInfo, model_path: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    result = _run(no_audio_clip.path, tmp_path / "out.mp4", model_path, work)
+    assert result["frames"] == no_audio_clip.frame_count
+    assert list((work / "chunks").glob("*.mp4")) == []
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+async def _batch_run_counts(parent_flow_run_id: Any) -> dict[str, int]:
+    async with get_client() as client:
+        children = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id])
+            )
+        )
+        counts: dict[str, int] = {}
+        for child in children:
+            for task_run in await client.read_task_runs():
+                if task_run.flow_run_id == child.id and task_run.name.startswith("batch-"):
+                    counts[task_run.name] = task_run.run_count
+        return counts
+
+
+def test_a_batch_that_fails_once_is_retried_and_the_run_succeeds(
+    no_audio_clip: mf.FixtureInfo,
+    model_path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(FAIL_ONCE_ENV, "1")
+    work, output = tmp_path / "work", tmp_path / "out.mp4"
+    state = upscale_video(
+        input_path=str(no_audio_clip.path),
+        output_path=str(output),
+        model=model_path,
+        batch_frames=8,
+        work_dir=str(work),
+        return_state=True,
+    )
+    assert state.is_completed()
+    result = state.result()
+    assert result["batches_computed"] == result["batches"] >= 2
+    assert len(list((work / "faults").glob("*.failed"))) == 1  # the fault really fired
+    counts = asyncio.run(_batch_run_counts(state.state_details.flow_run_id))
+    assert counts["batch-1"] == 2  # failed once, retried once
+    assert all(n == 1 for name, n in counts.items() if name != "batch-1")
+    assert _decoded(output)[0] == _decoded(Path(no_audio_clip.path))[0]
+
+
+def test_bad_input_fails_the_flow_with_the_specific_error(
+    not_media_file: mf.FixtureInfo, model_path: str, tmp_path: Path
+) -> None:
+    from vsrflow.errors import NotMediaError
+
+    with pytest.raises(NotMediaError, match="not a media file"):
+        _run(not_media_file.path, tmp_path / "out.mp4", model_path, tmp_path / "work")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_flow_parameters_are_validated_by_field(model_path: str, tmp_path: Path) -> None:
+    with pytest.raises(ParameterTypeError, match="outscale: Input should be greater than 0"):
+        upscale_video(input_path="x.mp4", output_path=str(tmp_path / "o.mp4"), outscale=-2)
+    with pytest.raises(ParameterTypeError, match="codec"):
+        upscale_video(input_path="x.mp4", output_path=str(tmp_path / "o.mp4"), codec="divx")
+
+
+def test_image_flow_folder_keeps_modes_and_caches(
+    image_set: mf.ImageSetInfo, model_path: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "in"
+    shutil.copytree(image_set.directory, source)
+    out = tmp_path / "out"
+    first = upscale_images(
+        input_path=str(source),
+        output_path=str(out),
+        model=model_path,
+        work_dir=str(tmp_path / "work"),
+    )
+    names = sorted(p.name for p in source.iterdir())
+    assert sorted(Path(p).name for p in first["outputs"]) == names
+    assert first["computed"] == len(names)
+    for name in names:
+        src, dst = read_image(source / name), read_image(out / name)
+        assert dst.pixels.shape[:2] == (src.pixels.shape[0] * 4, src.pixels.shape[1] * 4)
+        if name.endswith(".png"):
+            assert dst.pixels.dtype == src.pixels.dtype
+            assert dst.channels == src.channels
+    second = upscale_images(
+        input_path=str(source),
+        output_path=str(out),
+        model=model_path,
+        work_dir=str(tmp_path / "work"),
+    )
+    assert second["cached"] == len(names) and second["computed"] == 0
