@@ -6,7 +6,8 @@ instance is reused) and described by the variables its ``$STATE/env.sh`` exports
     subprocess.run(cmd, env={**os.environ, **ensure_slurm()})
 
 State dirs follow the scripts' variables (VSRFLOW_SLURM_DIR, VSRFLOW_S3_DIR,
-VSRFLOW_PREFECT_DIR). Stop with ``stop(name)`` or ``scripts/<name>/stop.sh``.
+VSRFLOW_PREFECT_DIR). Stop with ``stop(name)``, ``stop_started()`` (only what this process
+brought up) or ``scripts/<name>/stop.sh``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ COMPONENTS: dict[str, tuple[str, str, float]] = {
 }
 
 EXIT_UNAVAILABLE = 3  # start.sh: the component cannot be installed on this machine
+
+# Components that start() found down and brought up in this process (see stop_started()).
+STARTED: set[str] = set()
 
 
 class InfraError(RuntimeError):
@@ -86,16 +90,27 @@ def start(name: str) -> StartResult:
         raise InfraError(f"scripts/{name}/start.sh failed (exit {proc.returncode}):\n{output}")
     lines = proc.stdout.strip().splitlines()
     status = lines[-1].split(": ", 1)[-1] if lines else ""
+    if status == "started":
+        STARTED.add(name)
     return StartResult(status, parse_env_sh(state_dir(name) / "env.sh"), output)
 
 
 def stop(name: str) -> None:
     """Run ``scripts/<name>/stop.sh`` (a no-op if it is not running)."""
     proc = _run(name, "stop", timeout=120)
+    STARTED.discard(name)
     if proc.returncode != 0:
         raise InfraError(
             f"scripts/{name}/stop.sh failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
         )
+
+
+def stop_started() -> None:
+    """Stop what this process started (e.g. from a conftest's pytest_sessionfinish), leaving
+    alone anything that was already running before the tests."""
+    for name in sorted(STARTED):
+        stop(name)
+    STARTED.clear()
 
 
 def ensure_slurm() -> dict[str, str]:

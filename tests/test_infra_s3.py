@@ -176,8 +176,11 @@ def test_start_is_idempotent_and_never_prints_the_secret(s3_env: dict[str, str])
 def test_restart_keeps_data_and_credentials(s3_env: dict[str, str], bucket: str) -> None:
     s3 = make_client(s3_env)
     s3.put_object(Bucket=bucket, Key="persist.txt", Body=b"still here")
+    was_ours = "s3" in infra.STARTED
     infra.stop("s3")
     restarted = infra.start("s3")
+    if not was_ours:  # it ran before the tests: leave it running for stop_started()
+        infra.STARTED.discard("s3")
     assert restarted.status == "started"
     assert restarted.env == s3_env
     assert s3_env["AWS_SECRET_ACCESS_KEY"] not in restarted.output

@@ -56,8 +56,8 @@ def wait_for(cond: Callable[[], object], timeout: float = 30.0, what: str = "con
 
 
 def sbatch(sh: Callable[..., str], tmp_path: Path, script: str, *opts: str) -> str:
-    out = sh("sbatch", "--parsable", "-p", "gpu", "-o", str(tmp_path / "slurm-%j.out"), *opts,
-             "--wrap", script)  # fmt: skip
+    log = str(tmp_path / "slurm-%j.out")
+    out = sh("sbatch", "--parsable", "-p", "gpu", "-o", log, *opts, "--wrap", script)
     return out.strip().split(";")[0]
 
 
@@ -117,8 +117,10 @@ def test_two_gpu_jobs_run_and_a_third_pends(
     q = wait_for(settled, what="2 running + 1 pending (Resources) jobs")
     running = [j for j, (s, _) in q.items() if s == "R"]
     gpus = wait_for(
-        lambda: all((tmp_path / f"gpu-{j}").exists() for j in running)
-        and {(tmp_path / f"gpu-{j}").read_text().strip() for j in running},
+        lambda: (
+            all((tmp_path / f"gpu-{j}").exists() for j in running)
+            and {(tmp_path / f"gpu-{j}").read_text().strip() for j in running}
+        ),
         what="running jobs to write CUDA_VISIBLE_DEVICES",
     )
     assert gpus == {"0", "1"}  # each running job has its own GPU
@@ -134,10 +136,11 @@ def test_gpus_not_cpus_are_the_limit(
     gpu_job = sbatch(sh, tmp_path, "sleep 120", "--gres=gpu:1")
     cpu_job = sbatch(sh, tmp_path, "sleep 120")
     jobs.extend([gpu_job, cpu_job])
+    expected = {gpu_job: ("PD", "Resources"), cpu_job: ("R", "None")}
     wait_for(
-        lambda: queue(sh, [gpu_job, cpu_job]) == {gpu_job: ("PD", "Resources"), cpu_job: ("R", "None")},
+        lambda: queue(sh, [gpu_job, cpu_job]) == expected,
         what="GPU job pending on Resources while the CPU-only job runs",
-    )  # fmt: skip
+    )
 
 
 def test_dask_slurmcluster_worker_is_a_slurm_job(
@@ -197,8 +200,11 @@ def test_start_is_idempotent_and_survives_restart(
     assert again.status == "already running"
     assert time.monotonic() - t0 < 10
 
+    was_ours = "slurm" in infra.STARTED
     infra.stop("slurm")
     restarted = infra.start("slurm")
+    if not was_ours:  # it ran before the tests: leave it running for stop_started()
+        infra.STARTED.discard("slurm")
     assert restarted.status == "started"
     result = tmp_path / "after-restart.txt"
     job_id = sbatch(sh, tmp_path, f'echo "$SLURM_JOB_ID" > {result}', "--gres=gpu:1")

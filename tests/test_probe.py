@@ -24,6 +24,7 @@ from vsrflow.errors import (
     NotMediaError,
     NoVideoStreamError,
 )
+from vsrflow.media.assemble import check_output_compatible
 from vsrflow.media.colour import ColourInfo
 from vsrflow.media.probe import MediaInfo, probe
 
@@ -274,7 +275,7 @@ def test_max_pixels(no_audio_clip: mf.FixtureInfo) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.mp4"
-    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.mp4"):
         probe(missing)
 
 
@@ -287,3 +288,52 @@ def test_media_errors_share_a_base_class() -> None:
         FrameTooLargeError,
     ):
         assert issubclass(error, MediaError)
+
+
+def _top_level_boxes(data: bytes) -> dict[str, tuple[int, int]]:
+    """{box type: (offset, size)} of an mp4's top-level boxes."""
+    boxes: dict[str, tuple[int, int]] = {}
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        boxes[data[offset + 4 : offset + 8].decode("latin-1")] = (offset, size)
+        if size < 8:
+            break
+        offset += size
+    return boxes
+
+
+@pytest.mark.parametrize("name", ["no_audio_clip", "vfr_clip", "multitrack_clip"])
+def test_any_truncation_gives_a_media_error_or_every_frame(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Cut an mp4 (index at the end) at ~150 points, densely inside its moov box: probe must
+    raise a MediaError or, when only trailing metadata was lost, report every frame; and the
+    output check must then pass or raise ValueError. Before the fixes some cuts crashed both
+    with AttributeError (a stream left without codec parameters)."""
+    clip: mf.FixtureInfo = request.getfixturevalue(name)
+    data = clip.path.read_bytes()
+    boxes = _top_level_boxes(data)
+    assert list(boxes) == ["ftyp", "free", "mdat", "moov"]  # index at the end
+    moov_start, moov_size = boxes["moov"]
+    cuts = set(range(64, moov_start, max(1, moov_start // 30)))
+    cuts |= set(range(moov_start, len(data), max(1, moov_size // 120)))
+    cut_file = tmp_path / f"cut{clip.path.suffix}"
+    outcomes: set[str] = set()
+    for cut in sorted(cuts):
+        cut_file.write_bytes(data[:cut])
+        try:
+            info = probe(cut_file)
+        except MediaError as exc:
+            outcomes.add(type(exc).__name__)
+            continue
+        assert info.video.pts == clip.pts, f"cut at {cut} of {len(data)} bytes"
+        outcomes.add("complete")
+        try:
+            check_output_compatible(info, tmp_path / "out.mp4", "h264")
+        except ValueError as exc:
+            assert "cannot be copied" in str(exc) or "cannot hold these streams" in str(exc)
+            outcomes.add("incompatible")
+    assert {"NotMediaError", "CorruptMediaError", "complete"} <= outcomes
+    if clip.audio_stream_count:  # some cuts leave an audio track without codec parameters
+        assert "incompatible" in outcomes

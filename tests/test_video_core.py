@@ -19,7 +19,9 @@ shifted or swapped across a batch boundary fails both.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
@@ -30,8 +32,9 @@ import media_fixtures as mf
 import numpy as np
 import pytest
 
+from vsrflow import pipeline as pipeline_module
 from vsrflow.engine import EngineSettings, Upscaler
-from vsrflow.errors import AssemblyError
+from vsrflow.errors import AssemblyError, CorruptMediaError
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import AssemblyReport, assemble, check_output_compatible
 from vsrflow.media.colour import ColourInfo
@@ -311,6 +314,34 @@ def test_rotation_is_kept(name: str, run_of: Callable[[str], Run]) -> None:
     assert rotation_of(output) == run.info.video.rotation == (90 if name == "rotated_clip" else 0)
 
 
+@pytest.mark.parametrize("name", ["vfr_clip", "chapters_clip", "realshort"])
+def test_mp4_source_into_mkv_keeps_timestamps(
+    name: str, run_of: Callable[[str], Run], tmp_path: Path
+) -> None:
+    """mp4 + AAC into .mkv, from the same chunks. The AAC priming packet sits at -21 ms;
+    matroska used to shift every stream by +21 ms, which failed verification after all the
+    compute. Matroska stores ms, so packets match to within 1 ms instead of exactly."""
+    run = run_of(name)
+    output = tmp_path / "out.mkv"
+    check_output_compatible(run.info, output, "h264")
+    report = assemble(run.info, run.chunks, output)
+    assert report.frames == run.info.video.frame_count
+    source = video_pts_seconds(run.source)
+    got = video_pts_seconds(output)
+    assert len(got) == len(source)
+    assert max(abs(float(a - b)) for a, b in zip(got, source, strict=True)) <= PTS_TOLERANCE_S
+    src_tracks, out_tracks = copied_tracks(run.source), copied_tracks(output)
+    assert [(t[0], t[1], t[2]) for t in out_tracks] == [(t[0], t[1], t[2]) for t in src_tracks]
+    for (*_, want), (*_, packets) in zip(src_tracks, out_tracks, strict=True):
+        assert [p[0] for p in packets] == [p[0] for p in want]
+        worst = max(abs(float(a[1] - b[1])) for a, b in zip(packets, want, strict=True))
+        assert worst <= PTS_TOLERANCE_S
+    if name != "realshort":  # encoded by FFmpeg's AAC encoder: priming packet before 0
+        assert src_tracks[0][4][0][1] < 0 and out_tracks[0][4][0][1] < 0
+    with av.open(str(output)) as container:
+        assert len(container.chapters()) == (len(mf.CHAPTERS) if name == "chapters_clip" else 0)
+
+
 def test_chapters_are_kept(run_of: Callable[[str], Run]) -> None:
     run = run_of("chapters_clip")
     with av.open(str(run.output)) as container:
@@ -453,7 +484,7 @@ def test_ffv1_cannot_go_into_mp4(no_audio_clip: mf.FixtureInfo, tmp_path: Path) 
         ValueError, match=r"codec ffv1 cannot be written to \.mp4; use one of \.mkv"
     ):
         check_output_compatible(info, tmp_path / "out.mp4", "ffv1")
-    with pytest.raises(ValueError, match="unsupported output extension '.avi'"):
+    with pytest.raises(ValueError, match=r"unsupported output extension '\.avi'"):
         check_output_compatible(info, tmp_path / "out.avi", "h264")
     with pytest.raises(ValueError, match="unknown codec 'nope'"):
         check_output_compatible(info, tmp_path / "out.mp4", "nope")
@@ -466,3 +497,82 @@ def test_chapters_source_fits_every_container(
     info = probe(chapters_clip.path)
     for suffix in (".mp4", ".mkv", ".mov"):
         check_output_compatible(info, tmp_path / f"out{suffix}", "h264")
+
+
+# --------------------------------------------------------------------------------------------
+# A failing stage inside upscale_batch raises; it never hangs the worker
+
+
+def _run_in_thread(fn: Callable[[], object], timeout: float) -> BaseException | None:
+    """Run ``fn`` in a daemon thread; the exception it raised, or fail if it hangs."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"upscale_batch still running after {timeout} s: deadlock"
+    return outcome[0]
+
+
+def _first_batch_job(run: Run, tmp_path: Path, upscaler: Upscaler) -> Callable[[], object]:
+    batch = run.plan.batches[0]
+    return lambda: upscale_batch(
+        run.plan.video,
+        batch,
+        upscaler,
+        tmp_path / chunk_name(batch),
+        encoder=UpscaleJob().encoder,
+        out_size=run.plan.out_size,
+    )
+
+
+def test_decoder_failure_is_raised(
+    run_of: Callable[[str], Run],
+    model: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = run_of("no_audio_clip")
+
+    def broken_decode(*args: object, **kwargs: object) -> Iterator[object]:
+        frames = decode_range(*args, **kwargs)  # type: ignore[arg-type]
+        yield next(frames)
+        raise CorruptMediaError("injected: decoding failed near pts 512")
+
+    monkeypatch.setattr(pipeline_module, "decode_range", broken_decode)
+    upscaler = Upscaler(
+        model.descriptor, settings=EngineSettings(precision="fp32", micro_batch=1), device="cpu"
+    )
+    error = _run_in_thread(_first_batch_job(run, tmp_path, upscaler), timeout=30)
+    assert isinstance(error, CorruptMediaError) and "injected" in str(error)
+    assert list(tmp_path.iterdir()) == []  # the temporary chunk was removed
+
+
+def test_encoder_failure_is_raised(
+    run_of: Callable[[str], Run],
+    model: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The encoder dies while the model fills its queue: the error comes back, no deadlock."""
+    run = run_of("no_audio_clip")
+
+    def broken_write(self: object, rgb: np.ndarray, pts: int) -> None:
+        time.sleep(0.5)  # the model meanwhile fills the queue to the encoder
+        raise RuntimeError("injected: encoder failed")
+
+    monkeypatch.setattr(pipeline_module.ChunkEncoder, "write", broken_write)
+    upscaler = Upscaler(
+        model.descriptor, settings=EngineSettings(precision="fp32", micro_batch=1), device="cpu"
+    )
+    error = _run_in_thread(_first_batch_job(run, tmp_path, upscaler), timeout=30)
+    assert isinstance(error, RuntimeError) and "injected" in str(error)
+    assert list(tmp_path.iterdir()) == []

@@ -52,11 +52,16 @@ class BatchResult:
 
 
 class _Worker(threading.Thread):
-    """A stage thread that records its exception instead of dying silently."""
+    """A stage thread that records its exception instead of dying silently.
 
-    def __init__(self, target: Callable[[], None], name: str) -> None:
+    On failure it sets ``abort`` so the other stages stop waiting on its queue (a dead
+    decoder never sends _DONE; a dead encoder leaves the model blocked on a full queue).
+    """
+
+    def __init__(self, target: Callable[[], None], name: str, abort: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
         self._target_fn = target
+        self._abort = abort
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -64,6 +69,7 @@ class _Worker(threading.Thread):
             self._target_fn()
         except BaseException as exc:  # re-raised in the caller's thread
             self.error = exc
+            self._abort.set()
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -151,8 +157,8 @@ def upscale_batch(
                 if progress is not None:
                     progress(len(stamps))
 
-        decoder = _Worker(decode, f"decode-{batch.index}")
-        writer = _Worker(encode, f"encode-{batch.index}")
+        decoder = _Worker(decode, f"decode-{batch.index}", stop)
+        writer = _Worker(encode, f"encode-{batch.index}", stop)
         decoder.start()
         writer.start()
         model_seconds = 0.0

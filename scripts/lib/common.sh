@@ -27,7 +27,7 @@ pid_comm() { cat "/proc/$1/comm" 2>/dev/null || true; }
 # read_pidfile FILE: print the pid stored in FILE (empty if missing/garbage).
 read_pidfile() {
   local pid=""
-  [[ -r "$1" ]] && read -r pid <"$1" 2>/dev/null || true
+  if [[ -r "$1" ]]; then read -r pid <"$1" 2>/dev/null || true; fi
   [[ "$pid" =~ ^[0-9]+$ ]] && printf '%s' "$pid"
   return 0
 }

@@ -14,7 +14,7 @@ set -euo pipefail
 
 COMPONENT=vsrflow-prefect
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=scripts/lib/common.sh
+# shellcheck source=../lib/common.sh
 source "$HERE/../lib/common.sh"
 
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -59,7 +59,15 @@ EOF
 
 running_port=""
 [[ -s "$STATE/running.port" ]] && read -r running_port <"$STATE/running.port"
-if pidfile_alive "$PIDFILE" && [[ "$running_port" == "$PORT" ]] && health; then
+# ours_alive: the pid file names a live `prefect server start` (not a reused pid).
+ours_alive() {
+  local pid
+  pid="$(read_pidfile "$PIDFILE")"
+  [[ -n "$pid" ]] && pid_alive "$pid" &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'prefect server start'
+}
+
+if ours_alive && [[ "$running_port" == "$PORT" ]] && health; then
   write_env
   log "already running at $API"
   echo "vsrflow-prefect: already running"

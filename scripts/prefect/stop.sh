@@ -7,7 +7,7 @@ set -euo pipefail
 
 COMPONENT=vsrflow-prefect
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=scripts/lib/common.sh
+# shellcheck source=../lib/common.sh
 source "$HERE/../lib/common.sh"
 
 STATE="${VSRFLOW_PREFECT_DIR:-/tmp/vsrflow-prefect}"
@@ -29,5 +29,9 @@ if [[ -n "$pid" ]] && pid_alive "$pid"; then
   fi
 fi
 rm -f "$PIDFILE" "$STATE/running.port"
-((${#STOPPED_PIDS[@]} == 0)) || wait_reaped "${STOPPED_PIDS[@]}"
-log "stopped"
+if ((${#STOPPED_PIDS[@]})); then
+  wait_reaped "${STOPPED_PIDS[@]}"
+  log "stopped"
+else
+  log "not running"
+fi

@@ -22,7 +22,7 @@ set -euo pipefail
 
 COMPONENT=vsrflow-s3
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=scripts/lib/common.sh
+# shellcheck source=../lib/common.sh
 source "$HERE/../lib/common.sh"
 
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -41,6 +41,7 @@ ENDPOINT="http://127.0.0.1:$PORT"
 
 [[ -x "$PY" ]] || die "no python at $PY (set VSRFLOW_VENV to the project's venv)"
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "VSRFLOW_S3_PORT must be a number"
+"$PY" -c 'import boto3' 2>/dev/null || die "boto3 is missing in $VENV (install the project first)"
 
 umask 077
 mkdir -p "$STATE"
@@ -70,7 +71,8 @@ else
   ACCESS="$("$PY" -c 'import secrets,string; a=string.ascii_uppercase+string.digits; print("VSR"+"".join(secrets.choice(a) for _ in range(17)))')"
   SECRET="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(30)[:40])')"
 fi
-[[ "$ACCESS$SECRET" != *[[:space:]\"\\]* ]] || die "S3 keys must not contain whitespace, quotes or backslashes"
+[[ "$ACCESS" =~ ^[A-Za-z0-9._~+/=-]+$ && "$SECRET" =~ ^[A-Za-z0-9._~+/=-]+$ ]] ||
+  die "S3 keys may only contain letters, digits and . _ ~ + / = -"
 
 # list_buckets: true if a SigV4 ListBuckets with $ACCESS/$SECRET succeeds on $ENDPOINT.
 # Keys travel in the environment, never on a command line.
@@ -199,9 +201,10 @@ rm -f "$STATE/data/mini.options"
 log "starting weed mini on $ENDPOINT (log: $LOGFILE)"
 { printf '\n===== %s start (s3 %s, master %s, volume %s, filer %s)\n' "$(date -Is)" \
   "$PORT" "${P[master]}" "${P[volume]}" "${P[filer]}"; } >>"$LOGFILE"
-# weed puts its gRPC unix sockets in $TMPDIR: keep them in the state dir when the path fits.
+# weed writes its glog files (weed.*.log.INFO.*) to $TMPDIR: keep them in the state dir.
+# (Its gRPC unix sockets go to /tmp/seaweedfs-*-grpc-PORT.sock regardless; a clean stop
+# removes them.)
 weed_tmp="$STATE/tmp"
-((${#weed_tmp} <= 60)) || weed_tmp="${TMPDIR:-/tmp}"
 mkdir -p "$weed_tmp"
 # setsid: own session/process group, detached from the caller; no credentials in argv or env.
 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN \

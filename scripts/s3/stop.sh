@@ -7,7 +7,7 @@ set -euo pipefail
 
 COMPONENT=vsrflow-s3
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=scripts/lib/common.sh
+# shellcheck source=../lib/common.sh
 source "$HERE/../lib/common.sh"
 
 STATE="${VSRFLOW_S3_DIR:-/tmp/vsrflow-s3}"
@@ -27,5 +27,24 @@ if [[ -n "$pid" ]] && pid_alive "$pid"; then
   fi
 fi
 rm -f "$PIDFILE" "$STATE/running.port" "$STATE/s3.sock" "$STATE/filer.sock"
-((${#STOPPED_PIDS[@]} == 0)) || wait_reaped "${STOPPED_PIDS[@]}"
-log "stopped"
+# weed leaves some of its gRPC unix sockets in /tmp (named by port): remove ours, unless a
+# live process (say another instance that reuses a port since) listens there.
+if [[ -s "$STATE/ports.env" ]] && ! { [[ -n "$pid" ]] && pid_alive "$pid"; }; then
+  while IFS='=' read -r name port; do
+    [[ "$port" =~ ^[0-9]+$ ]] || continue
+    case "$name" in
+      admin) port=$((port + 10000)) kind=admin ;;
+      *_grpc) kind="${name%_grpc}" ;;
+      *) continue ;;
+    esac
+    sock="/tmp/seaweedfs-$kind-grpc-$port.sock"
+    [[ -S "$sock" ]] || continue
+    port_in_use "$port" || rm -f "$sock"
+  done <"$STATE/ports.env"
+fi
+if ((${#STOPPED_PIDS[@]})); then
+  wait_reaped "${STOPPED_PIDS[@]}"
+  log "stopped"
+else
+  log "not running"
+fi

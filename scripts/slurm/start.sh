@@ -13,13 +13,13 @@
 #   VSRFLOW_SLURM_TIMEOUT      seconds to wait for the node to be idle (default 60)
 # Output: $STATE/env.sh (export SLURM_CONF=... etc.; `source` it); progress on stderr; the
 # last stdout line is "vsrflow-slurm: started" or "vsrflow-slurm: already running".
-# Exit codes: 0 up; 3 Slurm cannot be installed here (not root / no apt / apt has no slurm);
+# Exit codes: 0 up; 3 Slurm cannot be provided here (not root / no apt / apt has no slurm);
 # anything else is a real failure (the log tails are printed).
 set -euo pipefail
 
 COMPONENT=vsrflow-slurm
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=scripts/lib/common.sh
+# shellcheck source=../lib/common.sh
 source "$HERE/../lib/common.sh"
 
 STATE="${VSRFLOW_SLURM_DIR:-/tmp/vsrflow-slurm}"
@@ -217,6 +217,10 @@ fail_with_logs() {
 }
 
 # ---------------------------------------------------------------- main
+if [[ "$(id -u)" != 0 ]]; then
+  log "must run as root: slurmd (SlurmdUser=root) and munged run here as root"
+  exit 3
+fi
 umask 022
 mkdir -p "$STATE"
 chmod 755 "$STATE"
@@ -272,12 +276,16 @@ done
 
 # ---- slurmctld and slurmd (they daemonize; -c starts from a clean job/node state)
 export SLURM_CONF="$CONF"
+rm -f "$CTLD_PID" "$SLURMD_PID"
 slurmctld -c -f "$CONF" </dev/null >>"$CTLD_LOG" 2>&1 9>&- || fail_with_logs "slurmctld failed to start"
+started=$SECONDS
 deadline=$((SECONDS + TIMEOUT))
 until SLURM_CONF="$CONF" timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; do
   ((SECONDS < deadline)) || fail_with_logs "slurmctld did not answer within ${TIMEOUT} s"
-  pidfile_alive "$CTLD_PID" slurmctld || { sleep 0.5; pidfile_alive "$CTLD_PID" slurmctld; } ||
-    fail_with_logs "slurmctld exited during startup"
+  # The daemon writes its pid file a moment after the launcher returns.
+  if [[ -s "$CTLD_PID" ]] || ((SECONDS >= started + 10)); then
+    pidfile_alive "$CTLD_PID" slurmctld || fail_with_logs "slurmctld exited during startup"
+  fi
   sleep 0.2
 done
 slurmd -c -f "$CONF" -N "$NODE" </dev/null >>"$SLURMD_LOG" 2>&1 9>&- || fail_with_logs "slurmd failed to start"

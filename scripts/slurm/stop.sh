@@ -8,7 +8,7 @@ set -euo pipefail
 
 COMPONENT=vsrflow-slurm
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=scripts/lib/common.sh
+# shellcheck source=../lib/common.sh
 source "$HERE/../lib/common.sh"
 
 STATE="${VSRFLOW_SLURM_DIR:-/tmp/vsrflow-slurm}"
@@ -75,5 +75,9 @@ stop_pidfile munged "$MUNGE_PID" munged
 mapfile -t strays < <(our_procs slurmd slurmctld munged slurmstepd)
 ((${#strays[@]})) && stop_pids "stray daemons" "${strays[@]}"
 
-((${#STOPPED_PIDS[@]} == 0)) || wait_reaped "${STOPPED_PIDS[@]}"
-log "stopped"
+if ((${#STOPPED_PIDS[@]})); then
+  wait_reaped "${STOPPED_PIDS[@]}"
+  log "stopped"
+else
+  log "not running"
+fi

@@ -80,9 +80,10 @@ def check_output_compatible(info: MediaInfo, output: str | Path, codec: str) -> 
                 try:
                     probe_out.add_stream_from_template(stream)
                 except (ValueError, av.error.FFmpegError) as exc:
+                    cc = stream.codec_context
                     raise ValueError(
                         f"stream #{stream.index} ({stream.type}, "
-                        f"{stream.codec_context.name}) cannot be copied into .{container}: "
+                        f"{cc.name if cc else 'no codec'}) cannot be copied into .{container}: "
                         f"{exc}; choose another output container"
                     ) from exc
             try:

@@ -128,7 +128,13 @@ def get_codec(name: str) -> CodecPreset:
 def exact_time_options(muxer: str, time_base: Fraction) -> dict[str, str]:
     """mp4/mov write a chunk's start offset in an edit list in the movie timescale, which is
     milliseconds by default: a chunk starting at 35976/90000 s came back at 35910. Using the
-    source time base's denominator as movie timescale keeps the offset exact."""
+    source time base's denominator as movie timescale keeps the offset exact.
+
+    Matroska by default shifts EVERY stream so the first timestamp is not negative: an mp4
+    source's AAC priming packet at -21 ms moved all video 21 ms later. Matroska stores negative
+    timestamps fine (FFmpeg's own AAC encodes do), so that shift is disabled."""
     if muxer in ("mp4", "mov") and time_base.numerator == 1:
         return {"movie_timescale": str(time_base.denominator)}
+    if muxer == "matroska":
+        return {"avoid_negative_ts": "disabled"}
     return {}

@@ -193,13 +193,17 @@ def _open(path: Path) -> av.container.InputContainer:
             f"{path} is not a media file FFmpeg can read, or its header is damaged "
             f"(a truncated mp4 whose index is missing looks like this): {exc}"
         ) from exc
+    except av.error.EOFError as exc:
+        raise CorruptMediaError(
+            f"{path} ends inside its header: the file is truncated ({exc})"
+        ) from exc
     except av.error.FFmpegError as exc:
         raise CorruptMediaError(f"{path} cannot be opened: {exc}") from exc
 
 
 def _stream_detail(stream: av.stream.Stream) -> str:
     cc = stream.codec_context
-    if stream.type == "audio":
+    if stream.type == "audio" and cc is not None:
         return f"{cc.sample_rate} Hz, {cc.channels} ch"
     return ""
 
@@ -218,6 +222,11 @@ def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS)
             raise NoVideoStreamError(f"{path} has no video stream")
         vstream = container.streams.video[0]
         cc = vstream.codec_context
+        if cc is None:
+            raise CorruptMediaError(
+                f"{path}: the video stream has no codec parameters; the file is truncated or "
+                "damaged"
+            )
         width, height = cc.width, cc.height
         if width <= 0 or height <= 0:
             raise CorruptMediaError(f"{path}: video stream reports no frame size")
