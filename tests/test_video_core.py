@@ -7,8 +7,8 @@ file, re-opened with PyAV: frames, timestamps, copied packets, colour, size, rot
 upscaled pixels themselves.
 
 Pixel check (measured on this machine kind, bf16 engine, libx264 crf 18 chunks): output frame k
-against the model applied to source frame k scores 32.6-34.3 dB on the 8-bit synthetic
-fixtures, 39.7 dB on realshort and 45.5 dB on the 10-bit fixture; against source frame k+-1 it
+against the model applied to source frame k scores at least 32.6-34.0 dB on the 8-bit synthetic
+fixtures, 39.5 dB on realshort and 45.5 dB on the 10-bit fixture; against source frame k+-1 it
 scores at most 20.8 / 26.8 / 42.2 dB. So each frame must reach a floor (30 dB for 8-bit, 43 dB
 for 10-bit: ~2.5 dB below the worst measured frame, above every wrong-frame score except the
 10-bit neighbours) AND beat both neighbours by at least 2 dB (measured margin: 12.7 dB for the
@@ -331,7 +331,8 @@ def test_mp4_source_into_mkv_keeps_timestamps(
     assert len(got) == len(source)
     assert max(abs(float(a - b)) for a, b in zip(got, source, strict=True)) <= PTS_TOLERANCE_S
     src_tracks, out_tracks = copied_tracks(run.source), copied_tracks(output)
-    assert [(t[0], t[1], t[2]) for t in out_tracks] == [(t[0], t[1], t[2]) for t in src_tracks]
+    # Matroska leaves "und" (undetermined) out, so it reads back as no language.
+    assert [(t[0], t[1], t[2] or "und") for t in out_tracks] == [t[:3] for t in src_tracks]
     for (*_, want), (*_, packets) in zip(src_tracks, out_tracks, strict=True):
         assert [p[0] for p in packets] == [p[0] for p in want]
         worst = max(abs(float(a[1] - b[1])) for a, b in zip(packets, want, strict=True))

@@ -71,3 +71,25 @@ class UnsafeWeightsError(ModelError):
 
 class InvalidDenoiseStrengthError(ModelError, ValueError):
     """denoise_strength is outside [0, 1] or the model has no denoise partner to blend with."""
+
+
+class StorageError(VsrflowError):
+    """An object-storage operation failed (the message names the URI and what to do)."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The bucket exists but holds no object under the key."""
+
+
+class BucketNotFoundError(StorageError):
+    """The bucket does not exist (a typo in the URI, or it was never created)."""
+
+
+class StorageAccessDeniedError(StorageError):
+    """The endpoint refused the request: wrong or missing credentials, or a bucket policy."""
+
+
+class StorageUnavailableError(StorageError):
+    """The endpoint is unreachable, refused the connection, timed out or answered 5xx.
+
+    Transient: retrying later (e.g. a Prefect task retry) may succeed."""
