@@ -170,7 +170,8 @@ def _new_client(config: S3Config) -> BaseClient:
     botocore_config = Config(
         signature_version="s3v4",
         s3={"addressing_style": config.addressing_style},
-        retries={"mode": "standard", "max_attempts": config.max_attempts},
+        # total_max_attempts counts the first try; botocore's "max_attempts" key counts retries.
+        retries={"mode": "standard", "total_max_attempts": config.max_attempts},
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
@@ -318,13 +319,19 @@ def _root_cause(exc: BaseException) -> BaseException:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, bex.ClientError | bex.BotoCoreError) and not isinstance(
-            current, S3UploadFailedError
-        ):
+        if isinstance(current, bex.ClientError | bex.BotoCoreError):
             return current
         last = getattr(current, "last_exception", None)  # RetriesExceededError
         current = last or current.__cause__ or current.__context__
     return exc
+
+
+def _status(exc: bex.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _is_404(exc: bex.ClientError) -> bool:
+    return _status(exc) == 404 or exc.response.get("Error", {}).get("Code") in _NO_BUCKET_CODES
 
 
 def _bucket_missing(config: S3Config, bucket: str) -> bool:
@@ -332,11 +339,17 @@ def _bucket_missing(config: S3Config, bucket: str) -> bool:
     try:
         config.client().head_bucket(Bucket=bucket)
     except bex.ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return status == 404 or exc.response.get("Error", {}).get("Code") in _NO_BUCKET_CODES
+        return _is_404(exc)
     except bex.BotoCoreError:
         return False
     return False
+
+
+def _no_bucket_error(action: str, uri: str, bucket: str, config: S3Config) -> BucketNotFoundError:
+    return BucketNotFoundError(
+        f"cannot {action} {uri}: bucket {bucket!r} does not exist at {config.endpoint_label}. "
+        "Check the bucket name in the URI, or create the bucket"
+    )
 
 
 def _storage_error(exc: BaseException, action: str, uri: str, config: S3Config) -> StorageError:
@@ -360,13 +373,10 @@ def _storage_error(exc: BaseException, action: str, uri: str, config: S3Config) 
         error = cause.response.get("Error", {})
         code = str(error.get("Code", ""))
         message = _redact(str(error.get("Message", "")), config)
-        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        status = _status(cause)
         reason = f"{code}: {message}" if message else code
         if code in _NO_BUCKET_CODES or (code in _AMBIGUOUS_404 and _bucket_missing(config, bucket)):
-            return BucketNotFoundError(
-                f"cannot {action} {uri}: bucket {bucket!r} does not exist {where}. "
-                "Check the bucket name in the URI, or create the bucket"
-            )
+            return _no_bucket_error(action, uri, bucket, config)
         if code in _NOT_FOUND_CODES:
             return ObjectNotFoundError(
                 f"cannot {action} {uri}: no object under that key (the bucket exists). "
@@ -414,16 +424,22 @@ def _require_bucket(config: S3Config, bucket: str, uri: str, action: str) -> Non
     Some servers (SeaweedFS with an admin identity) silently create the bucket on PutObject,
     so a typo in an output URI would otherwise scatter outputs into new buckets. Existing
     buckets are remembered per config; a 403 on HEAD bucket (write-only policies) is left for
-    the write itself to report.
+    the write itself to report; an unreachable endpoint fails here, without a second round of
+    retries in the write.
     """
     with _known_buckets_lock:
         if (config, bucket) in _known_buckets:
             return
-    if _bucket_missing(config, bucket):
-        raise BucketNotFoundError(
-            f"cannot {action} {uri}: bucket {bucket!r} does not exist at "
-            f"{config.endpoint_label}. Check the bucket name in the URI, or create the bucket"
-        )
+    try:
+        config.client().head_bucket(Bucket=bucket)
+    except bex.ClientError as exc:
+        if _is_404(exc):
+            raise _no_bucket_error(action, uri, bucket, config) from exc
+        if _status(exc) == 403:
+            return
+        raise _storage_error(exc, action, uri, config) from exc
+    except bex.BotoCoreError as exc:
+        raise _storage_error(exc, action, uri, config) from exc
     with _known_buckets_lock:
         _known_buckets.add((config, bucket))
 
@@ -671,6 +687,13 @@ def list_objects(
     bucket, prefix = parse_s3_uri(prefix_uri, require_key=False)
     if not 1 <= page_size <= 1000:
         raise ValueError(f"page_size must be within [1, 1000], not {page_size}")
+    return _iter_objects(prefix_uri, bucket, prefix, config, page_size)
+
+
+def _iter_objects(
+    prefix_uri: str, bucket: str, prefix: str, config: S3Config, page_size: int
+) -> Iterator[ObjectInfo]:
+    """The lazy part of list_objects (so bad arguments raise at the call, not at first use)."""
     with _translated("list", prefix_uri, config):
         paginator = config.client().get_paginator("list_objects_v2")
         pages = paginator.paginate(
