@@ -39,10 +39,17 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("input", help="video file, image file or folder of images")
     up.add_argument("-o", "--output", required=True, help="output file (or folder for images)")
     up.add_argument("--model", help="registry name or .pth/.safetensors path (see models list)")
-    up.add_argument("--content", choices=["anime", "real", "general"],
-                    help="preset choosing the model (default: anime for video, real for images)")
-    up.add_argument("--denoise-strength", type=float, default=1.0,
-                    help="realesr-general-x4v3: 1 = none .. 0 = strongest")
+    up.add_argument(
+        "--content",
+        choices=["anime", "real", "general"],
+        help="preset choosing the model (default: anime for video, real for images)",
+    )
+    up.add_argument(
+        "--denoise-strength",
+        type=float,
+        default=1.0,
+        help="realesr-general-x4v3: 1 = none .. 0 = strongest",
+    )
     size = up.add_mutually_exclusive_group()
     size.add_argument("--outscale", type=float, help="final scale factor (default: model scale)")
     size.add_argument("--target-height", type=int, help="final height in pixels, aspect kept")
@@ -56,8 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--preset", dest="encoder_preset", help="encoder speed preset")
     precision = up.add_mutually_exclusive_group()
     precision.add_argument("--fp32", action="store_true", help="force full precision")
-    precision.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                           default="auto")
+    precision.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     up.add_argument("--profile", default="local", help="compute profile (default: local)")
     up.add_argument("--work-dir", help="chunks/cache/progress (default: beside the output)")
     up.add_argument("--keep-chunks", action="store_true", help="keep chunks after publishing")
@@ -165,8 +171,9 @@ def _run_upscale(args: argparse.Namespace) -> int:
     done = threading.Event()
     watcher = None
     if not args.no_progress:
-        watcher = threading.Thread(target=_watch_progress, args=(work_dir, args.output, done),
-                                   daemon=True)
+        watcher = threading.Thread(
+            target=_watch_progress, args=(work_dir, args.output, done), daemon=True
+        )
         watcher.start()
     started = time.perf_counter()
     try:
