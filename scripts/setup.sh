@@ -17,7 +17,6 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "setup: installing vsrflow[$extras] into $venv (first time: a few minutes)" >&2
-  "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
   # pip's exit status matters, not grep's: run pip, then filter its noise.
   set +o pipefail
   { "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]" 2>&1; echo "pip-exit=$?"; } |

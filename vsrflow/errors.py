@@ -5,6 +5,11 @@ callers, the CLI and Prefect task states can tell them apart and print one clear
 """
 
 
+import contextlib
+import re
+from collections.abc import Iterator
+
+
 class VsrflowError(Exception):
     """Base class for every error vsrflow raises on purpose."""
 
@@ -93,3 +98,33 @@ class StorageUnavailableError(StorageError):
     """The endpoint is unreachable, refused the connection, timed out or answered 5xx.
 
     Transient: retrying later (e.g. a Prefect task retry) may succeed."""
+
+
+_PRESIGNED_QUERY = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
+
+
+def redact_urls(text: str) -> str:
+    """Drop the query string of every URL in ``text``: presigned S3 URLs carry the access key id
+    and a signature that works as a bearer credential, and must not reach logs or UI states."""
+    return _PRESIGNED_QUERY.sub(r"\1?<redacted>", text)
+
+
+@contextlib.contextmanager
+def redacting() -> Iterator[None]:
+    """Re-raise any exception whose message holds a presigned URL with that URL redacted.
+
+    The original exception (and its chain, which repeats the URL) is dropped on purpose; the
+    type is kept when it can be rebuilt from a message, else it becomes a VsrflowError.
+    """
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        clean = redact_urls(text)
+        if clean == text:
+            raise
+        try:
+            replacement = type(exc)(clean)
+        except Exception:
+            replacement = VsrflowError(f"{type(exc).__name__}: {clean}")
+        raise replacement from None

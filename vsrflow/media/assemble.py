@@ -59,7 +59,9 @@ def container_for(output: str | Path) -> str:
     return CONTAINER_BY_EXTENSION[suffix]
 
 
-def check_output_compatible(info: MediaInfo, output: str | Path, codec: str) -> None:
+def check_output_compatible(
+    info: MediaInfo, output: str | Path, codec: str, *, source: str | None = None
+) -> None:
     """Fail before any compute if the output container cannot hold the codec or a copied stream.
 
     Writes only a header into memory: that is where FFmpeg's muxers reject codecs.
@@ -71,7 +73,7 @@ def check_output_compatible(info: MediaInfo, output: str | Path, codec: str) -> 
             f"codec {preset.name} cannot be written to .{container}; use one of "
             f"{', '.join('.' + c for c in preset.containers)}"
         )
-    with av.open(info.path) as src:
+    with av.open(source or info.path) as src:
         buffer = io.BytesIO()
         with av.open(buffer, mode="w", format=MUXER_BY_CONTAINER[container]) as probe_out:
             for stream in src.streams:
@@ -120,11 +122,13 @@ def _chunk_packets(chunks: Sequence[str | Path]) -> Iterator[tuple[Fraction, int
             yield from _timed_packets(container, container.streams.video[:1], 0)
 
 
-def _remux(info: MediaInfo, chunks: Sequence[str | Path], tmp: Path, muxer: str) -> int:
+def _remux(
+    info: MediaInfo, source: str, chunks: Sequence[str | Path], tmp: Path, muxer: str
+) -> int:
     """Write ``tmp``; returns the number of video packets written."""
     with (
         av.open(str(chunks[0])) as first,
-        av.open(info.path) as src,
+        av.open(source) as src,
         av.open(
             str(tmp),
             mode="w",
@@ -236,8 +240,18 @@ def temporary_sibling(target: Path) -> Path:
     return target.with_name(f".{target.stem}.partial-{uuid.uuid4().hex[:12]}{target.suffix}")
 
 
-def assemble(info: MediaInfo, chunks: Sequence[str | Path], output: str | Path) -> AssemblyReport:
-    """Remux ``chunks`` (in order) with the source's other streams into ``output``, atomically."""
+def assemble(
+    info: MediaInfo,
+    chunks: Sequence[str | Path],
+    output: str | Path,
+    *,
+    source: str | None = None,
+) -> AssemblyReport:
+    """Remux ``chunks`` (in order) with the source's other streams into ``output``, atomically.
+
+    ``source`` is where to read the source from when ``info.path`` is not directly readable
+    (a presigned URL for an ``s3://`` source); chunks may be URLs too.
+    """
     if not chunks:
         raise AssemblyError("no chunks to assemble")
     output = Path(output)
@@ -246,9 +260,9 @@ def assemble(info: MediaInfo, chunks: Sequence[str | Path], output: str | Path) 
     tmp = temporary_sibling(output)
     try:
         try:
-            _remux(info, chunks, tmp, muxer)
+            _remux(info, source or info.path, chunks, tmp, muxer)
         except av.error.FFmpegError as exc:
-            raise AssemblyError(f"remuxing into {output.name} failed: {exc}") from exc
+            raise AssemblyError(f"remuxing into {output.name} failed: {exc.strerror}") from exc
         report = verify_output(tmp, info)
         os.replace(tmp, output)
     finally:

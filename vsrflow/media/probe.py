@@ -181,24 +181,31 @@ def bit_depth_of(pix_fmt: str) -> int:
     return max(c.bits for c in av.VideoFormat(pix_fmt).components)
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
-    if path.stat().st_size == 0:
-        raise EmptyFileError(f"{path} is empty (0 bytes)")
+def is_url(source: str | os.PathLike[str]) -> bool:
+    """True for anything FFmpeg opens over a network protocol (http(s) presigned URLs...)."""
+    return "://" in str(source)
+
+
+def _open(source: str, label: str) -> av.container.InputContainer:
+    if not is_url(source):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {label}")
+        if path.stat().st_size == 0:
+            raise EmptyFileError(f"{label} is empty (0 bytes)")
     try:
-        return av.open(str(path), mode="r")
+        return av.open(source, mode="r")
     except av.error.InvalidDataError as exc:
         raise NotMediaError(
-            f"{path} is not a media file FFmpeg can read, or its header is damaged "
-            f"(a truncated mp4 whose index is missing looks like this): {exc}"
+            f"{label} is not a media file FFmpeg can read, or its header is damaged "
+            f"(a truncated mp4 whose index is missing looks like this): {exc.strerror}"
         ) from exc
     except av.error.EOFError as exc:
         raise CorruptMediaError(
-            f"{path} ends inside its header: the file is truncated ({exc})"
+            f"{label} ends inside its header: the file is truncated ({exc.strerror})"
         ) from exc
     except av.error.FFmpegError as exc:
-        raise CorruptMediaError(f"{path} cannot be opened: {exc}") from exc
+        raise CorruptMediaError(f"{label} cannot be opened: {exc.strerror}") from exc
 
 
 def _stream_detail(stream: av.stream.Stream) -> str:
@@ -208,16 +215,33 @@ def _stream_detail(stream: av.stream.Stream) -> str:
     return ""
 
 
-def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MediaInfo:
+def probe(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    label: str | None = None,
+    size_bytes: int | None = None,
+) -> MediaInfo:
     """Read a source file and describe it exactly; raise a specific error if it is unusable.
+
+    ``path`` may be a URL (e.g. a presigned S3 GET: FFmpeg reads it with range requests); then
+    ``label`` (e.g. the ``s3://`` URI) names it in messages and becomes ``MediaInfo.path``, so
+    the signed URL never reaches a log, and ``size_bytes`` (from a HEAD) enables the truncation
+    check.
 
     Errors: ``FileNotFoundError``, ``EmptyFileError``, ``NotMediaError``, ``NoVideoStreamError``,
     ``FrameTooLargeError`` (width*height > ``max_pixels``), ``CorruptMediaError`` (truncated or
     undecodable data).
     """
-    path = Path(path)
-    size = path.stat().st_size if path.exists() else 0
-    with _open(path) as container:
+    source = str(path)
+    path = label or source
+    if size_bytes is not None:
+        size = size_bytes
+    elif not is_url(source) and Path(source).exists():
+        size = Path(source).stat().st_size
+    else:
+        size = 0
+    with _open(source, path) as container:
         if not container.streams.video:
             raise NoVideoStreamError(f"{path} has no video stream")
         vstream = container.streams.video[0]
@@ -264,11 +288,11 @@ def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS)
                     keyframes.append(packet.pts)
         except av.error.FFmpegError as exc:
             raise CorruptMediaError(
-                f"{path}: demuxing failed after {len(pts)} frames: {exc}"
+                f"{path}: demuxing failed after {len(pts)} frames: {exc.strerror}"
             ) from exc
         if not pts:
             raise CorruptMediaError(f"{path}: the video stream holds no frames")
-        if data_end > size:
+        if size and data_end > size:
             raise CorruptMediaError(
                 f"{path} is truncated: packets reference byte {data_end} but the file has {size}"
             )
@@ -281,7 +305,7 @@ def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS)
         pts.sort()
         keyframes.sort()
         pix_fmt = cc.pix_fmt or "yuv420p"
-        display_matrix = read_display_matrix(path, vstream.index)
+        display_matrix = read_display_matrix(source, vstream.index)
         video = VideoInfo(
             index=vstream.index,
             codec=cc.name,
@@ -333,16 +357,16 @@ def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS)
             chapters=chapters,
             metadata=dict(container.metadata),
         )
-    _check_tail_decodes(info)
+    _check_tail_decodes(info, source)
     return info
 
 
-def _check_tail_decodes(info: MediaInfo) -> None:
+def _check_tail_decodes(info: MediaInfo, source: str) -> None:
     """Decode the last group of pictures: a file cut mid-GOP fails here, not hours later."""
     video = info.video
     last_key = video.keyframe_pts[-1]
     expected = sum(1 for p in video.pts if p >= last_key)
-    got = count_decodable(info.path, video.index, last_key)
+    got = count_decodable(source, video.index, last_key)
     if got < expected:
         raise CorruptMediaError(
             f"{info.path}: only {got} of the last {expected} frames decode; the file is "
