@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.futures import wait
 from pydantic import Field
 
-from deployments.profiles import task_runner_for
+from deployments.profiles import get_profile
 from flows.upscale_video import Content, PrecisionChoice
 from tasks.images import upscale_image
 from vsrflow import PIPELINE_VERSION
@@ -106,7 +106,7 @@ def upscale_images(
     )
     weights = get_model(job.model, denoise_strength=denoise_strength).weights_sha256
     work = Path(work_dir) if work_dir else pairs[0][1].parent / ".vsrflow-work"
-    return _upscale_all.with_options(task_runner=task_runner_for(profile))(
+    return _upscale_all.with_options(task_runner=get_profile(profile).make_task_runner())(
         pairs, job, weights, alpha_mode, str(work)
     )
 

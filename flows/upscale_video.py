@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import dask
 from prefect import flow, get_run_logger
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
+from prefect.settings import PREFECT_API_URL
 from pydantic import Field
 
-from deployments.profiles import task_runner_for
+from deployments.profiles import get_profile
 from tasks.media import assemble_output, plan_job, probe_source
+from tasks.storage import locations_for, result_storage_for
 from tasks.upscale import chunk_is_present, upscale_batch
+from vsrflow import PIPELINE_VERSION, storage
 from vsrflow.engine import EngineSettings
 from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.models import model_for_content
 from vsrflow.pipeline import BatchResult
+from vsrflow.plan import Batch
 
 WORK_DIR_ENV = "VSRFLOW_WORK_DIR"
+#: How often the flow resubmits a batch whose worker died (scancel, node failure, OOM kill).
+#: Task retries cover exceptions inside a task; a lost worker never reports back, so the
+#: flow notices through the Dask future and submits the batch again.
+WORKER_LOSS_RESUBMITS = 3
+_WORKER_LOSS = ("KilledWorker", "CancelledError", "FutureCancelledError", "CommClosedError")
 
 Content = Literal["anime", "real", "general"]
 Codec = Literal["h264", "hevc", "av1", "prores", "ffv1"]
@@ -29,33 +39,88 @@ PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 def default_work_dir(output_path: str) -> str:
-    """``$VSRFLOW_WORK_DIR``, else ``.vsrflow-work`` beside the output (same disk, found again
-    by a rerun, which is what makes resuming after a crash work)."""
-    return os.environ.get(WORK_DIR_ENV) or str(Path(output_path).parent / ".vsrflow-work")
+    """``$VSRFLOW_WORK_DIR``, else ``.vsrflow-work`` beside the output (same disk or bucket,
+    found again by a rerun, which is what makes resuming after a crash work)."""
+    if os.environ.get(WORK_DIR_ENV):
+        return os.environ[WORK_DIR_ENV]
+    if storage.is_s3_uri(output_path):
+        bucket, key = storage.parse_s3_uri(output_path)
+        parent = key.rsplit("/", 1)[0] if "/" in key else ""
+        return storage.join_uri(f"s3://{bucket}", *[p for p in (parent, ".vsrflow-work") if p])
+    return str(Path(output_path).parent / ".vsrflow-work")
+
+
+def _is_worker_loss(exc: BaseException) -> bool:
+    return type(exc).__name__ in _WORKER_LOSS
 
 
 @flow(name="upscale-batches", log_prints=True)
-def upscale_batches(plan: JobPlan, job: UpscaleJob, work_dir: str) -> dict[str, Any]:
+def upscale_batches(
+    plan: JobPlan,
+    job: UpscaleJob,
+    work_dir: str,
+    credentials_block: str | None = None,
+    batch_resources: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Submit every batch to the profile's task runner; count cached vs computed batches."""
-    task = upscale_batch.with_options(result_storage=Path(work_dir) / "results")
-    futures = []
-    for batch in plan.batches:
-        # A cache record without its chunk must not be trusted: recompute and overwrite it.
-        runner = (
-            task if chunk_is_present(work_dir, batch) else task.with_options(refresh_cache=True)
-        )
-        futures.append(runner.submit(plan.video, batch, job, plan.out_size, work_dir))
-    wait(futures)
-    results: list[BatchResult] = [future.result() for future in futures]
-    cached = sum(1 for future in futures if future.state.name == "Cached")
-    return {"results": results, "cached": cached, "computed": len(futures) - cached}
+    logger = get_run_logger()
+    task = upscale_batch.with_options(
+        result_storage=result_storage_for(work_dir, credentials_block)
+    )
+
+    def submit(batch: Batch, refresh: bool) -> PrefectFuture[BatchResult]:
+        runner = task.with_options(refresh_cache=True) if refresh else task
+        with dask.annotate(resources=batch_resources or {}):
+            return runner.submit(plan.video, batch, job, plan.out_size, work_dir, credentials_block)
+
+    # A cache record without its chunk must not be trusted: recompute and overwrite it.
+    futures = {
+        b.index: submit(b, not chunk_is_present(work_dir, b, credentials_block))
+        for b in plan.batches
+    }
+    resubmits = dict.fromkeys(futures, 0)
+    results: dict[int, BatchResult] = {}
+    cached = 0
+    while len(results) < len(plan.batches):
+        wait([f for i, f in futures.items() if i not in results])
+        for batch in plan.batches:
+            if batch.index in results:
+                continue
+            future = futures[batch.index]
+            try:
+                results[batch.index] = future.result()
+                cached += future.state.name == "Cached"
+            except Exception as exc:
+                if not _is_worker_loss(exc) or resubmits[batch.index] >= WORKER_LOSS_RESUBMITS:
+                    raise
+                resubmits[batch.index] += 1
+                logger.warning(
+                    "batch %d lost its worker (%s); resubmitting", batch.index, type(exc).__name__
+                )
+                futures[batch.index] = submit(batch, True)
+    ordered = [results[b.index] for b in plan.batches]
+    return {
+        "results": ordered,
+        "cached": cached,
+        "computed": len(ordered) - cached,
+        "resubmitted": sum(resubmits.values()),
+    }
 
 
 @flow(name="upscale-video", log_prints=True)
 def upscale_video(
-    input_path: Annotated[str, Field(description="Source video file (mp4, mkv, mov, webm...).")],
+    input_path: Annotated[
+        str,
+        Field(
+            description="Source video: a local path or s3://bucket/key (mp4, mkv, mov, webm...)."
+        ),
+    ],
     output_path: Annotated[
-        str, Field(description="Where to publish the result; .mp4, .mkv or .mov.")
+        str,
+        Field(
+            description="Where to publish: a local path or s3://bucket/key; .mp4, "
+            ".mkv or .mov. A manifest JSON is written beside it."
+        ),
     ],
     content: Annotated[
         Content,
@@ -138,6 +203,15 @@ def upscale_video(
             "$VSRFLOW_WORK_DIR or .vsrflow-work beside the output."
         ),
     ] = None,
+    credentials_block: Annotated[
+        str | None,
+        Field(
+            description="Name of a saved prefect-aws AwsCredentials block for "
+            "s3:// locations (endpoint URL for S3-compatible "
+            "stores in its client parameters); empty: the AWS_* "
+            "environment."
+        ),
+    ] = None,
     keep_chunks: Annotated[
         bool,
         Field(
@@ -160,35 +234,81 @@ def upscale_video(
         ),
         encoder=EncoderSettings(codec=codec, quality=crf, speed=encoder_preset),
     )
-    runner = task_runner_for(profile)
+    compute = get_profile(profile)
+    if compute.needs_api_server and not PREFECT_API_URL.value():
+        raise ValueError(
+            f"profile {profile!r} runs batches in separate worker processes: start a Prefect "
+            "server and set PREFECT_API_URL (workers must report to one real server)"
+        )
+    locations = locations_for(credentials_block)
 
     t0 = time.perf_counter()
-    info = probe_source(input_path)
+    info = probe_source(input_path, credentials_block)
     timings["probe"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     plan = plan_job(
-        info, job, output_path, work, frames_per_batch=batch_frames, seconds_per_batch=batch_seconds
+        info,
+        job,
+        output_path,
+        work,
+        credentials_block,
+        frames_per_batch=batch_frames,
+        seconds_per_batch=batch_seconds,
     )
     timings["plan"] = time.perf_counter() - t0
     logger.info(
-        "%d frames in %d batches -> %dx%d with %s",
+        "%d frames in %d batches -> %dx%d with %s on profile %s",
         plan.frame_count,
         len(plan.batches),
         *plan.out_size,
         job.model,
+        profile,
     )
 
     t0 = time.perf_counter()
-    outcome = upscale_batches.with_options(task_runner=runner)(plan, job, work)
+    outcome = upscale_batches.with_options(task_runner=compute.make_task_runner())(
+        plan, job, work, credentials_block, compute.batch_resources
+    )
     timings["upscale"] = time.perf_counter() - t0
     results: list[BatchResult] = outcome["results"]
 
+    manifest = {
+        "vsrflow_pipeline": PIPELINE_VERSION,
+        "source": input_path,
+        "source_identity": plan.source_sha256,
+        "source_bytes": info.size_bytes,
+        "parameters": {
+            "model": job.model,
+            "denoise_strength": denoise_strength,
+            "outscale": outscale,
+            "target_height": target_height,
+            "codec": codec,
+            "crf": crf,
+            "encoder_preset": encoder_preset,
+            "precision": precision,
+            "tile": tile,
+            "tile_pad": tile_pad,
+            "profile": profile,
+        },
+        "weights_sha256": plan.weights_sha256,
+        "out_size": list(plan.out_size),
+        "batches": len(plan.batches),
+        "batches_cached": outcome["cached"],
+        "batches_computed": outcome["computed"],
+        "workers": sorted({f"{r.host}/{r.slurm_job_id or '-'}" for r in results}),
+    }
     t0 = time.perf_counter()
-    report = assemble_output(info, [r.chunk for r in results], output_path)
+    report = assemble_output(
+        info,
+        [r.chunk for r in results],
+        output_path,
+        credentials_block,
+        {**manifest, "seconds": {k: round(v, 3) for k, v in timings.items()}},
+    )
     timings["assemble"] = time.perf_counter() - t0
     if not keep_chunks:
         for result in results:
-            Path(result.chunk).unlink(missing_ok=True)
+            locations.remove(result.chunk)
     logger.info(
         "published %s: %d frames, %d batches computed, %d cached",
         report.path,
@@ -197,20 +317,12 @@ def upscale_video(
         outcome["cached"],
     )
     return {
+        **manifest,
         "output": report.path,
         "frames": report.frames,
         "size_bytes": report.size_bytes,
-        "out_size": list(plan.out_size),
-        "model": job.model,
-        "weights_sha256": plan.weights_sha256,
-        "batches": len(plan.batches),
-        "batches_cached": outcome["cached"],
-        "batches_computed": outcome["computed"],
+        "batch_results": [dataclasses.asdict(r) for r in results],
+        "resubmitted": outcome["resubmitted"],
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "work_dir": work,
     }
-
-
-def remove_work_dir(work_dir: str) -> None:
-    """Delete a work directory (chunks, cached results, progress) once it is no longer wanted."""
-    shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,58 +1,108 @@
-"""Tasks around the media: probe the source, plan the batches, assemble the output."""
+"""Tasks around the media: probe the source, plan the batches, assemble and publish."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from vsrflow.hashing import file_sha256
+from tasks.storage import locations_for
+from vsrflow.errors import redacting
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
-from vsrflow.media.assemble import AssemblyReport, assemble, check_output_compatible
-from vsrflow.media.probe import MediaInfo, probe
+from vsrflow.media.assemble import (
+    AssemblyReport,
+    assemble,
+    check_output_compatible,
+    verify_output,
+)
+from vsrflow.media.probe import DEFAULT_MAX_PIXELS, MediaInfo, probe
 from vsrflow.models import get_model
 from vsrflow.progress import write_listing
 
 
-@task(name="probe", cache_policy=NO_CACHE)
-def probe_source(input_path: str, max_pixels: int | None = None) -> MediaInfo:
-    """Probe the source; fails fast with a specific error for unusable input."""
-    if max_pixels is None:
-        return probe(input_path)
-    return probe(input_path, max_pixels=max_pixels)
+@task(name="probe", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def probe_source(
+    input_path: str, credentials_block: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> MediaInfo:
+    """Probe a local file or an s3:// object (read in place through a presigned URL)."""
+    locations = locations_for(credentials_block)
+    with redacting():
+        if locations.is_remote(input_path):
+            return probe(
+                locations.readable(input_path),
+                max_pixels=max_pixels,
+                label=input_path,
+                size_bytes=locations.size(input_path),
+            )
+        return probe(input_path, max_pixels=max_pixels)
 
 
-@task(name="plan", cache_policy=NO_CACHE)
+@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def plan_job(
     info: MediaInfo,
     job: UpscaleJob,
     output_path: str,
     work_dir: str,
+    credentials_block: str | None = None,
     frames_per_batch: int | None = None,
     seconds_per_batch: float | None = None,
 ) -> JobPlan:
     """Resolve the weights (download + verify if needed), check the output container can hold
-    every stream, hash the source and cut it into keyed batches."""
-    check_output_compatible(info, output_path, job.encoder.codec)
+    every stream, identify the source content and cut it into keyed batches."""
+    locations = locations_for(credentials_block)
+    with redacting():
+        check_output_compatible(
+            info, output_path, job.encoder.codec, source=locations.readable(info.path)
+        )
     model = get_model(job.model, denoise_strength=job.denoise_strength)
     plan = make_plan(
         info,
         job,
         weights_sha256=model.weights_sha256,
         model_scale=model.scale,
-        source_sha256=file_sha256(Path(info.path)),
+        source_sha256=locations.identity(info.path),
         frames_per_batch=frames_per_batch,
         seconds_per_batch=seconds_per_batch,
     )
-    write_listing(work_dir, output_path, [b.key for b in plan.batches], plan.frame_count)
+    if not locations.is_remote(work_dir):
+        write_listing(work_dir, output_path, [b.key for b in plan.batches], plan.frame_count)
     return plan
 
 
-@task(name="assemble", cache_policy=NO_CACHE)
-def assemble_output(info: MediaInfo, chunks: list[str], output_path: str) -> AssemblyReport:
-    """Remux the chunks and the source's other streams; verify; publish atomically."""
-    return assemble(info, chunks, output_path)
+def manifest_location(output_path: str) -> str:
+    """The manifest sits beside its output: ``<output>.manifest.json``."""
+    return output_path + ".manifest.json"
 
 
-__all__ = ["assemble_output", "plan_job", "probe_source"]
+@task(name="assemble", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def assemble_output(
+    info: MediaInfo,
+    chunks: list[str],
+    output_path: str,
+    credentials_block: str | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> AssemblyReport:
+    """Remux the chunks and the source's other streams, verify, publish atomically (local
+    rename, or S3 temporary key -> verify -> copy), then write the manifest beside it."""
+    locations = locations_for(credentials_block)
+    with redacting(), locations.scratch_for(output_path) as staged:
+        report = assemble(
+            info,
+            [locations.readable(c) for c in chunks],
+            staged,
+            source=locations.readable(info.path),
+        )
+        locations.publish(staged, output_path, verify=lambda url: verify_output(url, info))
+    report = dataclasses.replace(report, path=output_path)
+    if manifest is not None:
+        document = {
+            **manifest,
+            "output": output_path,
+            "output_bytes": report.size_bytes,
+            "frames": report.frames,
+            "copied_streams": report.copied_streams,
+        }
+        locations.write_json(manifest_location(output_path), document)
+    return report

@@ -1,25 +1,28 @@
 """The upscale-batch task: retries, a cross-run cache keyed by the batch key, progress.
 
-The cache key is the batch key alone (source content hash, frame range, weights, settings,
-pipeline version), so a rerun of the same job - after a crash, or from another machine sharing
-the work directory - skips every batch whose chunk was already produced. The flow re-runs a
-batch with ``refresh_cache`` when its chunk is gone, so a cached result is never trusted
-without its chunk.
+The cache key is the batch key alone (source content identity, frame range, weights,
+settings, pipeline version), so a rerun of the same job - after a crash, or from another
+machine sharing the work directory - skips every batch whose chunk was already produced. The
+flow re-runs a batch with ``refresh_cache`` when its chunk is gone, so a cached result is never
+trusted without its chunk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from tasks.storage import locations_for
 from vsrflow.engine import Upscaler
+from vsrflow.errors import redacting
 from vsrflow.job import UpscaleJob
+from vsrflow.locations import Locations
 from vsrflow.media.probe import VideoParams
 from vsrflow.models import get_model
 from vsrflow.pipeline import BatchResult
@@ -49,13 +52,13 @@ class BatchKeyPolicy(CachePolicy):
         return f"upscale-batch-{batch.key}" if isinstance(batch, Batch) else None
 
 
-def batch_chunk_path(work_dir: str, batch: Batch) -> Path:
-    return Path(work_dir) / "chunks" / chunk_name(batch)
+def chunk_location(work_dir: str, batch: Batch) -> str:
+    """Derived from the batch key alone, so any worker or rerun finds any batch's chunk."""
+    return locations_for(None).join(work_dir, "chunks", chunk_name(batch))
 
 
-def chunk_is_present(work_dir: str, batch: Batch) -> bool:
-    path = batch_chunk_path(work_dir, batch)
-    return path.is_file() and path.stat().st_size > 0
+def chunk_is_present(work_dir: str, batch: Batch, credentials_block: str | None = None) -> bool:
+    return locations_for(credentials_block).exists(chunk_location(work_dir, batch))
 
 
 def upscaler_for(job: UpscaleJob) -> Upscaler:
@@ -67,15 +70,14 @@ def upscaler_for(job: UpscaleJob) -> Upscaler:
     return _upscalers[key]
 
 
-def _maybe_fail_once(work_dir: str, batch: Batch) -> None:
+def _maybe_fail_once(batch: Batch, work_dir: str, locations: Locations) -> None:
     wanted = {s.strip() for s in os.environ.get(FAIL_ONCE_ENV, "").split(",") if s.strip()}
     if str(batch.index) not in wanted:
         return
-    marker = Path(work_dir) / "faults" / f"{batch.key}.failed"
-    if marker.exists():
+    marker = locations.join(work_dir, "faults", f"{batch.key}.json")
+    if locations.exists(marker):
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    locations.write_json(marker, {"batch": batch.index})
     raise RuntimeError(f"injected failure of batch {batch.index} ({FAIL_ONCE_ENV})")
 
 
@@ -83,21 +85,34 @@ def _maybe_fail_once(work_dir: str, batch: Batch) -> None:
     name="upscale-batch",
     task_run_name="batch-{batch.index}",
     retries=2,
-    retry_delay_seconds=1,
+    retry_delay_seconds=2,
     cache_policy=BatchKeyPolicy(),
     persist_result=True,
 )
 def upscale_batch(
-    video: VideoParams, batch: Batch, job: UpscaleJob, out_size: tuple[int, int], work_dir: str
+    video: VideoParams,
+    batch: Batch,
+    job: UpscaleJob,
+    out_size: tuple[int, int],
+    work_dir: str,
+    credentials_block: str | None = None,
 ) -> BatchResult:
     """Upscale one frame range into a chunk in ``work_dir``; result cached by batch key."""
-    _maybe_fail_once(work_dir, batch)
-    return run_batch(
-        video,
-        batch,
-        upscaler_for(job),
-        batch_chunk_path(work_dir, batch),
-        encoder=job.encoder,
-        out_size=out_size,
-        progress=BatchProgress(work_dir, batch.key, batch.frame_count),
-    )
+    locations = locations_for(credentials_block)
+    _maybe_fail_once(batch, work_dir, locations)
+    target = chunk_location(work_dir, batch)
+    progress = None
+    if not locations.is_remote(work_dir):
+        progress = BatchProgress(work_dir, batch.key, batch.frame_count)
+    with redacting(), locations.scratch_for(target) as staged:
+        result = run_batch(
+            dataclasses.replace(video, path=locations.readable(video.path)),
+            batch,
+            upscaler_for(job),
+            staged,
+            encoder=job.encoder,
+            out_size=out_size,
+            progress=progress,
+        )
+        locations.store(staged, target)
+    return dataclasses.replace(result, chunk=target)

@@ -57,7 +57,7 @@ def test_upscale_video_by_registry_name_from_the_search_path(
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["model"] == "realesr-animevideov3"
+    assert summary["parameters"]["model"] == "realesr-animevideov3"
     assert summary["frames"] == no_audio_clip.frame_count
     with av.open(str(output)) as container:
         assert container.format.name.startswith("matroska")

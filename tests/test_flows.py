@@ -136,7 +136,7 @@ def test_a_batch_that_fails_once_is_retried_and_the_run_succeeds(
     assert state.is_completed()
     result = state.result()
     assert result["batches_computed"] == result["batches"] >= 2
-    assert len(list((work / "faults").glob("*.failed"))) == 1  # the fault really fired
+    assert len(list((work / "faults").glob("*.json"))) == 1  # the fault really fired
     counts = asyncio.run(_batch_run_counts(state.state_details.flow_run_id))
     assert counts["batch-1"] == 2  # failed once, retried once
     assert all(n == 1 for name, n in counts.items() if name != "batch-1")

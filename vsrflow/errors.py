@@ -4,7 +4,6 @@ Every failure a user can cause (bad file, unknown model, wrong hash...) has its 
 callers, the CLI and Prefect task states can tell them apart and print one clear sentence.
 """
 
-
 import contextlib
 import re
 from collections.abc import Iterator

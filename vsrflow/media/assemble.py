@@ -29,7 +29,7 @@ from vsrflow.media.codecs import (
     exact_time_options,
     get_codec,
 )
-from vsrflow.media.probe import MediaInfo
+from vsrflow.media.probe import MediaInfo, is_url
 
 #: Streams of these kinds are copied from the source into the output.
 COPIED_KINDS = ("audio", "subtitle", "data")
@@ -231,7 +231,7 @@ def verify_output(path: str | Path, info: MediaInfo) -> AssemblyReport:
         frames=len(got),
         copied_streams=copied,
         duration_s=duration,
-        size_bytes=Path(path).stat().st_size,
+        size_bytes=0 if is_url(path) else Path(path).stat().st_size,
     )
 
 
