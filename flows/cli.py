@@ -67,6 +67,10 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--profile", default="local", help="compute profile (default: local)")
     up.add_argument("--work-dir", help="chunks/cache/progress (default: beside the output)")
     up.add_argument("--keep-chunks", action="store_true", help="keep chunks after publishing")
+    up.add_argument(
+        "--credentials-block",
+        help="saved prefect-aws AwsCredentials block for s3:// locations (default: AWS_* env)",
+    )
     up.add_argument("--alpha-mode", choices=["model", "bicubic"], default="model")
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
@@ -103,6 +107,7 @@ def _video_params(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile,
         "work_dir": args.work_dir,
         "keep_chunks": args.keep_chunks,
+        "credentials_block": args.credentials_block,
     }
 
 
@@ -165,12 +170,13 @@ def _run_upscale(args: argparse.Namespace) -> int:
     from vsrflow.media.probe import probe
 
     # Fail fast, before Prefect starts, with one line for input the flow would reject.
-    check_output_compatible(probe(args.input), args.output, args.codec)
+    if "://" not in args.input:
+        check_output_compatible(probe(args.input), args.output, args.codec)
     params = _video_params(args)
     work_dir = args.work_dir or default_work_dir(args.output)
     done = threading.Event()
     watcher = None
-    if not args.no_progress:
+    if not args.no_progress and "://" not in work_dir:
         watcher = threading.Thread(
             target=_watch_progress, args=(work_dir, args.output, done), daemon=True
         )

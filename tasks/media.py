@@ -8,6 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import retry_transient
 from tasks.storage import locations_for
 from vsrflow.errors import redacting
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
@@ -22,7 +23,13 @@ from vsrflow.models import get_model
 from vsrflow.progress import write_listing
 
 
-@task(name="probe", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(
+    name="probe",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
 def probe_source(
     input_path: str, credentials_block: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> MediaInfo:
@@ -39,7 +46,13 @@ def probe_source(
         return probe(input_path, max_pixels=max_pixels)
 
 
-@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(
+    name="plan",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
 def plan_job(
     info: MediaInfo,
     job: UpscaleJob,
@@ -76,7 +89,13 @@ def manifest_location(output_path: str) -> str:
     return output_path + ".manifest.json"
 
 
-@task(name="assemble", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(
+    name="assemble",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
 def assemble_output(
     info: MediaInfo,
     chunks: list[str],

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from tasks.retry import retry_transient
 from tasks.storage import locations_for
 from vsrflow.engine import Upscaler
 from vsrflow.errors import redacting
@@ -86,6 +87,7 @@ def _maybe_fail_once(batch: Batch, work_dir: str, locations: Locations) -> None:
     task_run_name="batch-{batch.index}",
     retries=2,
     retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
     cache_policy=BatchKeyPolicy(),
     persist_result=True,
 )

@@ -9,6 +9,7 @@ parameters from the first chunk.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -46,6 +47,29 @@ class EncoderSettings:
         return {"encoder": get_codec(self.codec).encoder, "options": self.options()}
 
 
+@functools.cache
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return "avx512f" in cpuinfo.read()
+    except OSError:
+        return False
+
+
+def deterministic_options(encoder: str) -> dict[str, str]:
+    """Encoder options that make output bytes reproducible, without changing what is encoded.
+
+    Measured here: libx264's AVX-512 code paths gave a different bitstream for identical
+    input in about one run in three (a 704-wide frame; a 768-wide one did not), so the same
+    batch encoded on two workers, or twice on one, differed. x264's AVX2 paths are bit-exact
+    with its C code; on CPUs with AVX-512 (which always have AVX2) we cap x264 at AVX2.
+    Not part of the cache key: it changes no pixel, only restores determinism.
+    """
+    if encoder == "libx264" and _cpu_has_avx512():
+        return {"x264-params": "asm=AVX2"}
+    return {}
+
+
 class ChunkEncoder:
     """Context manager writing one chunk file; ``write(rgb, pts)`` per frame, in pts order."""
 
@@ -74,7 +98,9 @@ class ChunkEncoder:
             options=exact_time_options(preset.chunk_format, time_base),
         )
         stream = self._container.add_stream(
-            preset.encoder, rate=average_rate or Fraction(25), options=settings.options()
+            preset.encoder,
+            rate=average_rate or Fraction(25),
+            options={**settings.options(), **deterministic_options(preset.encoder)},
         )
         stream.width = width
         stream.height = height
