@@ -7,20 +7,27 @@ import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import dask
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture, wait
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Crashed
 from pydantic import Field
 
-from deployments.profiles import get_profile
+from deployments.profiles import Profile, get_profile
 from tasks.media import assemble_output, plan_job, probe_source
 from tasks.storage import locations_for, result_storage_for
 from tasks.upscale import chunk_is_present, upscale_batch
 from vsrflow import PIPELINE_VERSION, storage
 from vsrflow.engine import EngineSettings
 from vsrflow.job import JobPlan, UpscaleJob
+from vsrflow.lease import OutputLease
+from vsrflow.locations import Locations
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.models import model_for_content
 from vsrflow.pipeline import BatchResult
@@ -221,8 +228,6 @@ def upscale_video(
     ] = False,
 ) -> dict[str, Any]:
     """Upscale a video: exact frames and timestamps, every audio/subtitle stream kept."""
-    logger = get_run_logger()
-    timings: dict[str, float] = {}
     work = work_dir or default_work_dir(output_path)
     job = UpscaleJob(
         model=model or model_for_content(content),
@@ -241,7 +246,59 @@ def upscale_video(
             "server and set PREFECT_API_URL (workers must report to one real server)"
         )
     locations = locations_for(credentials_block)
+    lease = OutputLease(locations, work, output_path, owner=str(flow_run.id))
+    dead = lease.acquire()
+    if dead is not None:
+        mark_crashed(
+            dead.owner,
+            f"its process stopped renewing the lease on {output_path}; run {flow_run.id} took over",
+        )
+    try:
+        return _run_job(
+            input_path,
+            output_path,
+            job,
+            compute,
+            work,
+            locations,
+            credentials_block,
+            batch_frames,
+            batch_seconds,
+            keep_chunks,
+        )
+    finally:
+        lease.release()
 
+
+def mark_crashed(flow_run_id: str, reason: str) -> None:
+    """Mark a flow run whose process died as Crashed (it would stay "Running" forever)."""
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        try:
+            stale = client.read_flow_run(UUID(flow_run_id))
+        except (ObjectNotFound, ValueError):
+            return
+        if stale.state is not None and not stale.state.is_final():
+            client.set_flow_run_state(stale.id, Crashed(message=reason), force=True)
+            logger.warning("marked run %s Crashed: %s", flow_run_id, reason)
+
+
+def _run_job(
+    input_path: str,
+    output_path: str,
+    job: UpscaleJob,
+    compute: Profile,
+    work: str,
+    locations: Locations,
+    credentials_block: str | None,
+    batch_frames: int | None,
+    batch_seconds: float,
+    keep_chunks: bool,
+) -> dict[str, Any]:
+    """probe -> plan -> upscale batches -> assemble + publish, with timings and a manifest."""
+    logger = get_run_logger()
+    timings: dict[str, float] = {}
+    profile = compute.name
     t0 = time.perf_counter()
     info = probe_source(input_path, credentials_block)
     timings["probe"] = time.perf_counter() - t0
@@ -279,15 +336,15 @@ def upscale_video(
         "source_bytes": info.size_bytes,
         "parameters": {
             "model": job.model,
-            "denoise_strength": denoise_strength,
-            "outscale": outscale,
-            "target_height": target_height,
-            "codec": codec,
-            "crf": crf,
-            "encoder_preset": encoder_preset,
-            "precision": precision,
-            "tile": tile,
-            "tile_pad": tile_pad,
+            "denoise_strength": job.denoise_strength,
+            "outscale": job.outscale,
+            "target_height": job.target_height,
+            "codec": job.encoder.codec,
+            "crf": job.encoder.quality,
+            "encoder_preset": job.encoder.speed,
+            "precision": job.engine.precision,
+            "tile": job.engine.tile,
+            "tile_pad": job.engine.tile_pad,
             "profile": profile,
         },
         "weights_sha256": plan.weights_sha256,

@@ -31,9 +31,12 @@ from vsrflow.pipeline import upscale_batch as run_batch
 from vsrflow.plan import Batch, chunk_name
 from vsrflow.progress import BatchProgress
 
-#: Chaos-testing hook: comma-separated batch indices whose FIRST attempt fails (each once per
-#: work directory). Used by the test suite to prove retries; unset in normal operation.
+#: Chaos-testing hooks, unset in normal operation; each names comma-separated batch indices
+#: and fires once per batch and work directory. FAIL_ONCE raises in the task (proves task
+#: retries); CRASH_ONCE kills the worker process outright, as an OOM kill or a node failure
+#: would (proves the flow's recovery from lost workers / Dask's KilledWorker).
 FAIL_ONCE_ENV = "VSRFLOW_FAIL_BATCH_ONCE"
+CRASH_ONCE_ENV = "VSRFLOW_CRASH_BATCH_ONCE"
 
 _upscalers: dict[tuple[Any, ...], Upscaler] = {}
 
@@ -71,15 +74,18 @@ def upscaler_for(job: UpscaleJob) -> Upscaler:
     return _upscalers[key]
 
 
-def _maybe_fail_once(batch: Batch, work_dir: str, locations: Locations) -> None:
-    wanted = {s.strip() for s in os.environ.get(FAIL_ONCE_ENV, "").split(",") if s.strip()}
-    if str(batch.index) not in wanted:
-        return
-    marker = locations.join(work_dir, "faults", f"{batch.key}.json")
-    if locations.exists(marker):
-        return
-    locations.write_json(marker, {"batch": batch.index})
-    raise RuntimeError(f"injected failure of batch {batch.index} ({FAIL_ONCE_ENV})")
+def _inject_faults(batch: Batch, work_dir: str, locations: Locations) -> None:
+    for variable, kind in ((FAIL_ONCE_ENV, "fail"), (CRASH_ONCE_ENV, "crash")):
+        wanted = {s.strip() for s in os.environ.get(variable, "").split(",") if s.strip()}
+        if str(batch.index) not in wanted:
+            continue
+        marker = locations.join(work_dir, "faults", f"{batch.key}.{kind}.json")
+        if locations.exists(marker):
+            continue
+        locations.write_json(marker, {"batch": batch.index, "fault": kind})
+        if kind == "crash":
+            os._exit(70)
+        raise RuntimeError(f"injected failure of batch {batch.index} ({variable})")
 
 
 @task(
@@ -101,7 +107,7 @@ def upscale_batch(
 ) -> BatchResult:
     """Upscale one frame range into a chunk in ``work_dir``; result cached by batch key."""
     locations = locations_for(credentials_block)
-    _maybe_fail_once(batch, work_dir, locations)
+    _inject_faults(batch, work_dir, locations)
     target = chunk_location(work_dir, batch)
     progress = None
     if not locations.is_remote(work_dir):

@@ -188,3 +188,33 @@ def test_image_flow_folder_keeps_modes_and_caches(
         work_dir=str(tmp_path / "work"),
     )
     assert second["cached"] == len(names) and second["computed"] == 0
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(
+    no_audio_clip: mf.FixtureInfo, model_path: str, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import socket
+    import time
+
+    from vsrflow.lease import OutputLockedError, lease_location
+    from vsrflow.locations import Locations
+
+    output, work = tmp_path / "out.mp4", tmp_path / "work"
+    held = Path(lease_location(Locations(), str(work), str(output)))
+    held.parent.mkdir(parents=True)
+    held.write_text(
+        json.dumps(
+            {
+                "owner": "other-run",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "renewed_at": time.time(),
+            }
+        )
+    )
+    with pytest.raises(OutputLockedError, match="other-run"):
+        _run(no_audio_clip.path, output, model_path, work)
+    assert not output.exists()
+    assert json.loads(held.read_text())["owner"] == "other-run"  # not stolen

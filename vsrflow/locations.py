@@ -104,6 +104,11 @@ class Locations:
             tmp.write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
             self.store(tmp, location)
 
+    def read_json(self, location: str) -> Any:
+        if self.is_remote(location):
+            return storage.get_json(location, self._config())
+        return json.loads(Path(location).read_text(encoding="utf-8"))
+
     def remove(self, location: str) -> None:
         if self.is_remote(location):
             storage.delete(location, self._config())
