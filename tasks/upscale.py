@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CachePolicy
-from prefect.context import TaskRunContext
 
+from tasks.caching import KeyedBy
 from tasks.retry import retry_transient
 from tasks.storage import locations_for
 from vsrflow.engine import Upscaler
@@ -39,21 +37,6 @@ FAIL_ONCE_ENV = "VSRFLOW_FAIL_BATCH_ONCE"
 CRASH_ONCE_ENV = "VSRFLOW_CRASH_BATCH_ONCE"
 
 _upscalers: dict[tuple[Any, ...], Upscaler] = {}
-
-
-@dataclass
-class BatchKeyPolicy(CachePolicy):
-    """Cache key = the batch key; independent of flow run, task source and other inputs."""
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        batch = inputs.get("batch")
-        return f"upscale-batch-{batch.key}" if isinstance(batch, Batch) else None
 
 
 def chunk_location(work_dir: str, batch: Batch) -> str:
@@ -94,7 +77,7 @@ def _inject_faults(batch: Batch, work_dir: str, locations: Locations) -> None:
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_transient,
-    cache_policy=BatchKeyPolicy(),
+    cache_policy=KeyedBy("batch", "upscale-batch-"),
     persist_result=True,
 )
 def upscale_batch(
