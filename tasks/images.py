@@ -17,7 +17,7 @@ from vsrflow.job import UpscaleJob
     task_run_name="image-{source.name}",
     retries=2,
     retry_delay_seconds=1,
-    cache_policy=KeyedBy("key", "upscale-image-"),
+    cache_policy=KeyedBy(parameter="key", prefix="upscale-image-"),
     persist_result=True,
 )
 def upscale_image(

@@ -77,7 +77,7 @@ def _inject_faults(batch: Batch, work_dir: str, locations: Locations) -> None:
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_transient,
-    cache_policy=KeyedBy("batch", "upscale-batch-"),
+    cache_policy=KeyedBy(parameter="batch", prefix="upscale-batch-"),
     persist_result=True,
 )
 def upscale_batch(
