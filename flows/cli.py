@@ -1,8 +1,9 @@
 """The ``vsrflow`` command: upscale a video or images, list/fetch models, probe a file.
 
 ``vsrflow upscale`` runs the same Prefect flows as deployments do (in-process, on Prefect's
-embedded server unless PREFECT_API_URL points at one) and shows frame-level progress read
-from the work directory while the flow runs.
+embedded server unless PREFECT_API_URL points at one). Its progress bar shows the run's batch
+progress artifact, read back from the Prefect API (the numbers the UI shows, whatever the work
+directory: local or s3://), plus frames done when the work directory is local.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,25 +131,40 @@ def _image_params(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _watch_progress(work_dir: str, output: str, done: threading.Event) -> None:
-    """Poll the work directory's progress files into a tqdm bar until ``done``."""
+def _watch_progress(run_name: str, work_dir: str, output: str, done: threading.Event) -> None:
+    """Show the batch progress artifact of the flow run ``run_name`` (polled from the Prefect
+    API) in a tqdm bar until ``done``; frames done from the work directory when it is local."""
+    from prefect.client.orchestration import get_client
     from tqdm import tqdm
 
+    from tasks.artifacts import read_progress_artifact
     from vsrflow.progress import read_progress
 
-    bar = tqdm(total=None, unit="frame", desc="starting", dynamic_ncols=True)
+    local = "://" not in work_dir
+    bar = tqdm(total=None, unit="batch", desc="starting", dynamic_ncols=True)
+
+    def refresh(client: Any) -> None:
+        try:
+            counts = read_progress_artifact(client, run_name)
+        except Exception:  # the API is busy or restarting: keep the bar, try again
+            return
+        if counts is None:
+            return
+        if bar.total != counts.total:
+            bar.reset(total=counts.total)
+            bar.set_description("upscaling")
+        postfix: dict[str, Any] = {"cached": counts.cached, "computed": counts.computed}
+        frames = read_progress(work_dir, output) if local else None
+        if frames is not None:
+            postfix["frames"] = f"{frames.done}/{frames.total}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(counts.done - bar.n)
+
     try:
-        while not done.wait(0.5):
-            snapshot = read_progress(work_dir, output)
-            if snapshot is None:
-                continue
-            if bar.total != snapshot.total:
-                bar.reset(total=snapshot.total)
-                bar.set_description("upscaling")
-            bar.update(snapshot.done - bar.n)
-        snapshot = read_progress(work_dir, output)
-        if snapshot is not None:
-            bar.update(snapshot.done - bar.n)
+        with get_client(sync_client=True) as client:
+            while not done.wait(1.0):
+                refresh(client)
+            refresh(client)
     finally:
         bar.close()
 
@@ -168,22 +185,31 @@ def _run_upscale(args: argparse.Namespace) -> int:
     from flows.upscale_video import default_work_dir, upscale_video
     from vsrflow.media.assemble import check_output_compatible
     from vsrflow.media.probe import probe
+    from vsrflow.report import artifact_key
 
     # Fail fast, before Prefect starts, with one line for input the flow would reject.
     if "://" not in args.input:
         check_output_compatible(probe(args.input), args.output, args.codec)
     params = _video_params(args)
     work_dir = args.work_dir or default_work_dir(args.output)
+    # A unique run name lets the progress watcher find this run's progress artifact.
+    run_name = f"{artifact_key(args.output)}-{uuid.uuid4().hex[:8]}"
     done = threading.Event()
     watcher = None
-    if not args.no_progress and "://" not in work_dir:
+    if not args.no_progress:
+        from prefect.client.orchestration import get_client
+
+        # Start Prefect's temporary server (if no PREFECT_API_URL) here, before two threads
+        # could race to start one each.
+        with get_client(sync_client=True) as client:
+            client.api_healthcheck()
         watcher = threading.Thread(
-            target=_watch_progress, args=(work_dir, args.output, done), daemon=True
+            target=_watch_progress, args=(run_name, work_dir, args.output, done), daemon=True
         )
         watcher.start()
     started = time.perf_counter()
     try:
-        summary = upscale_video(**params)
+        summary = upscale_video.with_options(flow_run_name=run_name)(**params)
     finally:
         done.set()
         if watcher is not None:

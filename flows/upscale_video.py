@@ -13,25 +13,30 @@ import dask
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Crashed
 from pydantic import Field
 
 from deployments.profiles import Profile, get_profile
+from tasks.artifacts import publish_report, report_progress, start_progress
 from tasks.media import assemble_output, plan_job, probe_source
 from tasks.storage import locations_for, result_storage_for
 from tasks.upscale import chunk_is_present, upscale_batch
 from vsrflow import PIPELINE_VERSION, storage
+from vsrflow.compare import middle_frame
 from vsrflow.engine import EngineSettings
 from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.lease import OutputLease
 from vsrflow.locations import Locations
+from vsrflow.media.assemble import AssemblyReport
 from vsrflow.media.encode import EncoderSettings
+from vsrflow.media.probe import MediaInfo
 from vsrflow.models import model_for_content
 from vsrflow.pipeline import BatchResult
 from vsrflow.plan import Batch
+from vsrflow.report import BatchCounts, MediaSide, RunSummary, worker_label
 
 WORK_DIR_ENV = "VSRFLOW_WORK_DIR"
 #: How often the flow resubmits a batch whose worker died (scancel, node failure, OOM kill).
@@ -68,8 +73,10 @@ def upscale_batches(
     work_dir: str,
     credentials_block: str | None = None,
     batch_resources: dict[str, float] | None = None,
+    progress_artifact_id: UUID | None = None,
 ) -> dict[str, Any]:
-    """Submit every batch to the profile's task runner; count cached vs computed batches."""
+    """Submit every batch to the profile's task runner; count cached vs computed batches and
+    update the progress artifact ``progress_artifact_id`` (if given) as each one finishes."""
     logger = get_run_logger()
     task = upscale_batch.with_options(
         result_storage=result_storage_for(work_dir, credentials_block)
@@ -88,23 +95,29 @@ def upscale_batches(
     resubmits = dict.fromkeys(futures, 0)
     results: dict[int, BatchResult] = {}
     cached = 0
+    batches = {b.index: b for b in plan.batches}
     while len(results) < len(plan.batches):
-        wait([f for i, f in futures.items() if i not in results])
-        for batch in plan.batches:
-            if batch.index in results:
-                continue
-            future = futures[batch.index]
+        # Resubmitted futures join the next round; the others are handled as they finish.
+        pending = {id(f): i for i, f in futures.items() if i not in results}
+        for future in as_completed([futures[i] for i in pending.values()]):
+            index = pending[id(future)]
             try:
-                results[batch.index] = future.result()
+                results[index] = future.result()
                 cached += future.state.name == "Cached"
             except Exception as exc:
-                if not _is_worker_loss(exc) or resubmits[batch.index] >= WORKER_LOSS_RESUBMITS:
+                if not _is_worker_loss(exc) or resubmits[index] >= WORKER_LOSS_RESUBMITS:
                     raise
-                resubmits[batch.index] += 1
+                resubmits[index] += 1
                 logger.warning(
-                    "batch %d lost its worker (%s); resubmitting", batch.index, type(exc).__name__
+                    "batch %d lost its worker (%s); resubmitting", index, type(exc).__name__
                 )
-                futures[batch.index] = submit(batch, True)
+                futures[index] = submit(batches[index], True)
+                continue
+            if progress_artifact_id is not None:
+                counts = BatchCounts(
+                    len(results), len(plan.batches), cached, sum(resubmits.values())
+                )
+                report_progress(progress_artifact_id, counts)
     ordered = [results[b.index] for b in plan.batches]
     return {
         "results": ordered,
@@ -323,8 +336,9 @@ def _run_job(
     )
 
     t0 = time.perf_counter()
+    progress = start_progress(output_path, len(plan.batches))
     outcome = upscale_batches.with_options(task_runner=compute.make_task_runner())(
-        plan, job, work, credentials_block, compute.batch_resources
+        plan, job, work, credentials_block, compute.batch_resources, progress
     )
     timings["upscale"] = time.perf_counter() - t0
     results: list[BatchResult] = outcome["results"]
@@ -373,6 +387,16 @@ def _run_job(
         outcome["computed"],
         outcome["cached"],
     )
+    summary = _run_summary(info, plan, job, profile, outcome, report, timings)
+    frame_index, frame_time = middle_frame(info.video.pts, info.video.time_base)
+    published = publish_report(
+        summary, plan.video, frame_index, frame_time, credentials_block, return_state=True
+    )
+    if published.is_completed():
+        artifacts = published.result()
+    else:  # the output is published: a missing report must not fail the run
+        logger.warning("run report not published: %s", published.message)
+        artifacts = {}
     return {
         **manifest,
         "output": report.path,
@@ -382,4 +406,45 @@ def _run_job(
         "resubmitted": outcome["resubmitted"],
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "work_dir": work,
+        "artifacts": artifacts,
     }
+
+
+def _run_summary(
+    info: MediaInfo,
+    plan: JobPlan,
+    job: UpscaleJob,
+    profile: str,
+    outcome: dict[str, Any],
+    report: AssemblyReport,
+    timings: dict[str, float],
+) -> RunSummary:
+    """What the summary artifact shows (framework-free data; rendering is in vsrflow.report)."""
+    video = info.video
+    fps = float(video.average_rate) if video.average_rate else None
+    results: list[BatchResult] = outcome["results"]
+    return RunSummary(
+        source=MediaSide(
+            info.path,
+            info.size_bytes,
+            video.width,
+            video.height,
+            video.frame_count,
+            fps,
+            video.is_vfr,
+        ),
+        # Timestamps are kept frame for frame (verified at assembly): same rate as the source.
+        output=MediaSide(
+            report.path, report.size_bytes, *plan.out_size, report.frames, fps, video.is_vfr
+        ),
+        model=job.model,
+        weights_sha256=plan.weights_sha256,
+        profile=profile,
+        codec=job.encoder.codec,
+        seconds={k: round(v, 3) for k, v in timings.items()},
+        batches=len(plan.batches),
+        cached=outcome["cached"],
+        computed=outcome["computed"],
+        resubmitted=outcome["resubmitted"],
+        workers=tuple(sorted({worker_label(r.host, r.slurm_job_id) for r in results})),
+    )

@@ -58,8 +58,16 @@ def lease_location(locations: Locations, work_dir: str, output: str) -> str:
 class OutputLease:
     """Hold the lease on ``output`` for ``owner`` (a flow run id) while a run works on it."""
 
-    def __init__(self, locations: Locations, work_dir: str, output: str, owner: str, *,
-                 interval_s: float = DEFAULT_INTERVAL_S, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        locations: Locations,
+        work_dir: str,
+        output: str,
+        owner: str,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
         self._locations = locations
         self._location = lease_location(locations, work_dir, output)
         self._output = output
@@ -84,8 +92,11 @@ class OutputLease:
     def acquire(self) -> LeaseRecord | None:
         """Take the lease; returns the dead holder's record when one was taken over."""
         previous = self._read()
-        if previous is not None and previous.owner != self._owner \
-                and not previous.is_stale(time.time(), self._ttl_s):
+        if (
+            previous is not None
+            and previous.owner != self._owner
+            and not previous.is_stale(time.time(), self._ttl_s)
+        ):
             raise OutputLockedError(
                 f"{self._output} is being produced by run {previous.owner} on "
                 f"{previous.host} (lease renewed {time.time() - previous.renewed_at:.0f} s "
