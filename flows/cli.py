@@ -246,8 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"upscale": _run_upscale, "models": _run_models, "probe": _run_probe}
     try:
         return handlers[args.command](args)
-    except (VsrflowError, ValueError, FileNotFoundError) as exc:
-        print(f"vsrflow: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # ParameterTypeError: a flow parameter failed validation (prefect is imported lazily).
+        known = isinstance(exc, VsrflowError | ValueError | FileNotFoundError)
+        if not known and type(exc).__name__ != "ParameterTypeError":
+            raise
+        print(f"vsrflow: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

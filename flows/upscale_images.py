@@ -12,6 +12,7 @@ from prefect.futures import wait
 from pydantic import Field
 
 from deployments.profiles import get_profile
+from flows.params import ModelChoice, form_descriptions
 from flows.upscale_video import Content, PrecisionChoice
 from tasks.images import upscale_image
 from vsrflow import PIPELINE_VERSION
@@ -53,6 +54,7 @@ def pair_paths(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
 
 
 @flow(name="upscale-images", log_prints=True)
+@form_descriptions
 def upscale_images(
     input_path: Annotated[str, Field(description="An image file or a folder of images.")],
     output_path: Annotated[
@@ -65,7 +67,8 @@ def upscale_images(
         Content, Field(description="Content preset picking the model when `model` is empty.")
     ] = "real",
     model: Annotated[
-        str | None, Field(description="Registry model name or weights path; overrides `content`.")
+        ModelChoice | None,
+        Field(description="Registry model name or weights path; overrides `content`."),
     ] = None,
     denoise_strength: Annotated[
         float, Field(ge=0.0, le=1.0, description="realesr-general-x4v3 denoise blend (1 = none).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -12,6 +13,7 @@ from uuid import UUID
 import dask
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
@@ -20,6 +22,7 @@ from prefect.states import Crashed
 from pydantic import Field
 
 from deployments.profiles import Profile, get_profile
+from flows.params import Location, ModelChoice, form_descriptions
 from tasks.artifacts import publish_report, report_progress, start_progress
 from tasks.media import assemble_output, plan_job, probe_source
 from tasks.storage import locations_for, result_storage_for
@@ -39,6 +42,9 @@ from vsrflow.plan import Batch
 from vsrflow.report import BatchCounts, MediaSide, RunSummary, worker_label
 
 WORK_DIR_ENV = "VSRFLOW_WORK_DIR"
+#: Names a Prefect global concurrency limit (the deployments set vsrflow-gpu): each run holds
+#: one slot of it while its batches run. Unset (the CLI): no limit is consulted.
+GPU_LIMIT_ENV = "VSRFLOW_GPU_LIMIT"
 #: How often the flow resubmits a batch whose worker died (scancel, node failure, OOM kill).
 #: Task retries cover exceptions inside a task; a lost worker never reports back, so the
 #: flow notices through the Dask future and submits the batch again.
@@ -128,15 +134,16 @@ def upscale_batches(
 
 
 @flow(name="upscale-video", log_prints=True)
+@form_descriptions
 def upscale_video(
     input_path: Annotated[
-        str,
+        Location,
         Field(
             description="Source video: a local path or s3://bucket/key (mp4, mkv, mov, webm...)."
         ),
     ],
     output_path: Annotated[
-        str,
+        Location,
         Field(
             description="Where to publish: a local path or s3://bucket/key; .mp4, "
             ".mkv or .mov. A manifest JSON is written beside it."
@@ -151,7 +158,7 @@ def upscale_video(
         ),
     ] = "anime",
     model: Annotated[
-        str | None,
+        ModelChoice | None,
         Field(
             description="Registry model name (see `vsrflow models list`) or a path to a "
             "spandrel-compatible .pth/.safetensors file; overrides `content`."
@@ -283,6 +290,13 @@ def upscale_video(
         lease.release()
 
 
+def _gpu_slot() -> contextlib.AbstractContextManager[object]:
+    """One slot of the global concurrency limit named by $VSRFLOW_GPU_LIMIT while batches
+    run (waits for a free slot; a limit that does not exist is skipped with a warning)."""
+    name = os.environ.get(GPU_LIMIT_ENV)
+    return concurrency(name, occupy=1) if name else contextlib.nullcontext()
+
+
 def mark_crashed(flow_run_id: str, reason: str) -> None:
     """Mark a flow run whose process died as Crashed (it would stay "Running" forever)."""
     logger = get_run_logger()
@@ -337,9 +351,10 @@ def _run_job(
 
     t0 = time.perf_counter()
     progress = start_progress(output_path, len(plan.batches))
-    outcome = upscale_batches.with_options(task_runner=compute.make_task_runner())(
-        plan, job, work, credentials_block, compute.batch_resources, progress
-    )
+    with _gpu_slot():
+        outcome = upscale_batches.with_options(task_runner=compute.make_task_runner())(
+            plan, job, work, credentials_block, compute.batch_resources, progress
+        )
     timings["upscale"] = time.perf_counter() - t0
     results: list[BatchResult] = outcome["results"]
 
