@@ -103,12 +103,13 @@ def tune_cpu_allocator() -> bool:
     adjustment) with a fresh ``mmap`` and unmaps them on free, so every forward pass on CPU
     page-faults (and the kernel zeroes) its activations again. Raising the mmap and trim
     thresholds lets the heap reuse that memory. Measured by bench/run.py (2-core Xeon, bf16,
-    320x180 -> 1280x720, model in the main thread): 27,000 -> 0 page faults and 0.20 -> 0.15
-    CPU-s per frame; peak RSS +~170 MB, flat in the number of frames. A thread that already
-    owns a malloc arena (a Dask worker thread) gains little: glibc unmaps a thread heap once it
-    is entirely free whatever the thresholds; ``GLIBC_TUNABLES=glibc.malloc.arena_max=1`` at
-    process start removes those faults too. Process-wide, once; a no-op off glibc or when
-    ``VSRFLOW_CPU_MALLOC_TUNING=0``. Returns whether the tuning is active.
+    320x180 -> 1280x720, model in the main thread): 12,000-27,000 -> 0 page faults and
+    0.16-0.20 -> 0.12-0.15 CPU-s per frame; peak RSS +~170 MB, flat in the number of frames.
+    A thread that already owns a malloc arena (a Dask worker thread) gains little: glibc unmaps
+    a thread heap once it is entirely free whatever the thresholds;
+    ``GLIBC_TUNABLES=glibc.malloc.arena_max=1`` at process start removes those faults too.
+    Process-wide, once; a no-op off glibc or when ``VSRFLOW_CPU_MALLOC_TUNING=0``. Returns
+    whether the tuning is active.
     """
     if os.environ.get(MALLOC_TUNING_ENV, "1") == "0":
         return False
