@@ -29,11 +29,11 @@ from pydantic import AfterValidator, Field
 from pydantic.fields import FieldInfo
 
 from vsrflow.models import WEIGHT_SUFFIXES, list_specs
+from vsrflow.storage import parse_s3_uri
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: AWS bucket naming rules (as ``vsrflow.storage``), checked in Python.
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # The JSON-schema patterns below catch what people get wrong (another scheme, no key, an
 # empty value) and stay free of [...] classes: Prefect's CLI prints server errors through
 # rich, which swallows bracketed text as markup. The Python validators check the rest.
@@ -54,11 +54,11 @@ MODEL_PATTERN = (
 
 
 def _s3_problem(value: str, *, require_key: bool) -> str | None:
-    bucket, _, key = value.removeprefix("s3://").partition("/")
-    if _BUCKET_RE.fullmatch(bucket) is None:
-        return f"bucket {bucket!r} is not a valid name (3-63 lowercase letters, digits, . and -)"
-    if require_key and (not key or key.endswith("/")):
-        return "give the object's full key (s3://bucket/path/name.ext), not a prefix"
+    """The storage layer's own URI rules (bucket name, key present), as one message."""
+    try:
+        parse_s3_uri(value, require_key=require_key)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
