@@ -62,6 +62,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from vsrflow.engine import EngineSettings, Upscaler
+    from vsrflow.media.encode import EncoderSettings
     from vsrflow.models import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +97,7 @@ class Sizes:
     sweep_frames: int  # frames per sweep measurement (a multiple of the largest micro-batch)
     sweep_rounds: int  # interleaved repetitions of each sweep point (fp32 points: one)
     rounds: int  # interleaved repetitions of model / engine / pipeline
+    encoder_rounds: int  # interleaved repetitions of the encoder presets and the spare core
     rss_frames: tuple[int, int]
     tasks: int  # trivial Prefect tasks for the orchestration overhead
     alloc_pairs: int  # off/on child-process pairs for the allocator A/B
@@ -106,6 +108,7 @@ FULL = Sizes(
     sweep_frames=8,
     sweep_rounds=3,
     rounds=3,
+    encoder_rounds=2,
     rss_frames=(100, 1000),
     tasks=500,
     alloc_pairs=1,
@@ -115,6 +118,7 @@ QUICK = Sizes(
     sweep_frames=8,
     sweep_rounds=1,
     rounds=1,
+    encoder_rounds=1,
     rss_frames=(50, 500),
     tasks=100,
     alloc_pairs=1,
@@ -635,6 +639,97 @@ def worker_compile_cold(clip: Path) -> dict[str, Any]:
 # Section 1: model vs engine vs pipeline (same frames, same settings, interleaved rounds)
 
 
+class BatchRig:
+    """The bench clip as ONE batch, ready to time at each layer with the same upscaler: the
+    model alone on tensors already in memory, the engine (uint8 in and out), the pipeline
+    writing a chunk, and the encoder alone. Chunks go to ``chunks`` and are deleted."""
+
+    def __init__(self, upscaler: Upscaler, clip: Path, frames: np.ndarray, chunks: Path) -> None:
+        import torch
+
+        from vsrflow.media.probe import probe
+        from vsrflow.plan import plan_batches
+
+        self.upscaler, self.frames, self.chunks = upscaler, frames, chunks
+        self.n, self.micro_batch = len(frames), max(1, upscaler.settings.micro_batch)
+        self.info = probe(str(clip))
+        self.video = self.info.video.params(self.info.path)
+        self.batch = plan_batches(
+            self.info.video, source_id="bench", settings_identity={}, frames_per_batch=self.n
+        )[0]
+        self.out_size = (self.video.width * upscaler.scale, self.video.height * upscaler.scale)
+        # The model's input as the engine builds it (a permuted uint8 view, float, / 255).
+        self.tensors = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        self.peak_disk: list[int] = []
+        self.output_bytes: list[int] = []
+        chunks.mkdir(parents=True, exist_ok=True)
+
+    def model_only(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            for i in range(0, self.n, self.micro_batch):
+                self.upscaler._forward_tiled(self.tensors[i : i + self.micro_batch])
+
+    def engine_only(self) -> np.ndarray:
+        return self.upscaler.upscale(self.frames)
+
+    def pipeline(self, encoder: EncoderSettings | None = None) -> None:
+        from vsrflow.media.encode import EncoderSettings
+        from vsrflow.pipeline import upscale_batch
+
+        target = self.chunks / f"{uuid.uuid4().hex}.mp4"
+        with DiskSampler([self.chunks]) as disk:
+            upscale_batch(
+                self.video,
+                self.batch,
+                self.upscaler,
+                target,
+                encoder=encoder or EncoderSettings(),
+                out_size=self.out_size,
+            )
+        self.peak_disk.append(disk.peak)
+        self.output_bytes.append(target.stat().st_size)
+        target.unlink()
+
+    def encode_only(self, upscaled: np.ndarray, encoder: EncoderSettings, path: Path) -> None:
+        from vsrflow.media.encode import ChunkEncoder
+
+        out_w, out_h = self.out_size
+        with ChunkEncoder(
+            path, settings=encoder, width=out_w, height=out_h, bit_depth=8,
+            time_base=self.video.time_base, average_rate=self.video.average_rate,
+            colour=self.video.colour,
+        ) as chunk:  # fmt: skip
+            for rgb, pts in zip(upscaled, self.info.video.pts[: self.n], strict=True):
+                chunk.write(rgb, pts)
+
+    def decode_only(self) -> int:
+        from vsrflow.media.decode import decode_range
+
+        frames_iter = decode_range(
+            self.video.path, self.video.index, self.batch.start_pts, self.batch.end_pts,
+            colour=self.video.colour, bit_depth=self.video.bit_depth,
+        )  # fmt: skip
+        return sum(1 for _ in frames_iter)
+
+
+def interleaved(
+    variants: list[tuple[str, Callable[[], Any]]], rounds: int, tag: str
+) -> dict[str, list[Sample]]:
+    """Time each variant ``rounds`` times, in an order reversed every other round, so slow
+    drifts of the machine's load hit every variant alike."""
+    samples: dict[str, list[Sample]] = {name: [] for name, _ in variants}
+    for round_index in range(rounds):
+        for name, fn in variants if round_index % 2 == 0 else variants[::-1]:
+            sample = timed(fn)[0]
+            samples[name].append(sample)
+            print(
+                f"  {tag} round {round_index + 1}/{rounds} {name}: {sample.wall:.1f} s", flush=True
+            )
+    return samples
+
+
 def run_speed(
     model: LoadedModel,
     clip: Path,
@@ -645,87 +740,32 @@ def run_speed(
     with_flow: bool,
 ) -> dict[str, Any]:
     """Time the layers on the same frames with the default settings in interleaved rounds
-    (model, engine, pipeline, flow; reversed every other round), plus decode alone and encode
-    alone, from which the CPU-bound floor follows: on a CPU the model and the codec share the
-    cores, so overlap can hide waiting but not work. Returns {"core": ..., "flow": ...}."""
+    (model, engine, pipeline, flow), plus decode alone and encode alone, from which the
+    CPU-bound floor follows: on a CPU the model and the codec share the cores, so overlap can
+    hide waiting but not work. Returns {"core": ..., "flow": ...}."""
     import torch
 
     from vsrflow.engine import EngineSettings
-    from vsrflow.media.decode import decode_range
-    from vsrflow.media.encode import ChunkEncoder, EncoderSettings
-    from vsrflow.media.probe import probe
-    from vsrflow.pipeline import upscale_batch
-    from vsrflow.plan import plan_batches
+    from vsrflow.media.encode import EncoderSettings
 
     settings = EngineSettings()
-    upscaler = fresh_upscaler(model, settings)
-    n, mb = len(frames), max(1, settings.micro_batch)
-    info = probe(str(clip))
-    video = info.video.params(info.path)
-    batch = plan_batches(info.video, source_id="bench", settings_identity={}, frames_per_batch=n)[0]
-    out_w, out_h = video.width * upscaler.scale, video.height * upscaler.scale
-    # The model's input as the engine builds it (a permuted uint8 view, float, / 255).
-    tensors = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-    chunks = scratch / "core-chunks"
-    chunks.mkdir()
-    peaks: list[int] = []
-    sizes_out: list[int] = []
-
-    def model_only() -> None:
-        with torch.inference_mode():
-            for i in range(0, n, mb):
-                upscaler._forward_tiled(tensors[i : i + mb])  # what upscale() runs per batch
-
-    def engine_only() -> np.ndarray:
-        return upscaler.upscale(frames)
-
-    def pipeline() -> None:
-        target = chunks / f"{uuid.uuid4().hex}.mp4"
-        with DiskSampler([chunks]) as disk:
-            upscale_batch(
-                video, batch, upscaler, target, encoder=EncoderSettings(), out_size=(out_w, out_h)
-            )
-        peaks.append(disk.peak)
-        sizes_out.append(target.stat().st_size)
-        target.unlink()
-
-    upscaled = engine_only()  # warm-up at this shape; kept for the encode-only run
-    samples: dict[str, list[Sample]] = {"model": [], "engine": [], "pipeline": []}
+    rig = BatchRig(fresh_upscaler(model, settings), clip, frames, scratch / "core-chunks")
+    n = rig.n
+    upscaled = rig.engine_only()  # warm-up at this shape; kept for the encode-only run
     variants: list[tuple[str, Callable[[], Any]]] = [
-        ("model", model_only),
-        ("engine", engine_only),
-        ("pipeline", pipeline),
+        ("model", rig.model_only),
+        ("engine", rig.engine_only),
+        ("pipeline", rig.pipeline),
     ]
     flow = FlowBench(clip, warm_clip, scratch) if with_flow else None
     if flow is not None:
         variants.append(("flow", flow.run_once))
-    for round_index in range(sizes.rounds):
-        for name, fn in variants if round_index % 2 == 0 else variants[::-1]:
-            sample = timed(fn)[0]
-            if name in samples:
-                samples[name].append(sample)
-            print(
-                f"  round {round_index + 1}/{sizes.rounds} {name}: {sample.wall:.1f} s", flush=True
-            )
-
-    def decode_only() -> int:
-        frames_iter = decode_range(
-            video.path, video.index, batch.start_pts, batch.end_pts,
-            colour=video.colour, bit_depth=video.bit_depth,
-        )  # fmt: skip
-        return sum(1 for _ in frames_iter)
-
-    def encode_only() -> None:
-        path = chunks / "encode-only.mp4"
-        with ChunkEncoder(
-            path, settings=EncoderSettings(), width=out_w, height=out_h, bit_depth=8,
-            time_base=video.time_base, average_rate=video.average_rate, colour=video.colour,
-        ) as chunk:  # fmt: skip
-            for rgb, pts in zip(upscaled, info.video.pts[:n], strict=True):
-                chunk.write(rgb, pts)
-        path.unlink()
-
-    decode_sample, encode_sample = timed(decode_only)[0], timed(encode_only)[0]
+    samples = interleaved(variants, sizes.rounds, "speed")
+    samples.pop("flow", None)
+    encoded = rig.chunks / "encode-only.mp4"
+    decode_sample = timed(rig.decode_only)[0]
+    encode_sample = timed(lambda: rig.encode_only(upscaled, EncoderSettings(), encoded))[0]
+    encoded.unlink()
     result: dict[str, Any] = {name: per_frame(s, n) for name, s in samples.items()}
     m, e, p = result["model"], result["engine"], result["pipeline"]
     cores = os.cpu_count() or 1
@@ -734,7 +774,8 @@ def run_speed(
     result.update(
         frames=n,
         settings=dataclasses.asdict(settings),
-        precision=upscaler.precision,
+        encoder=EncoderSettings().identity(),
+        precision=rig.upscaler.precision,
         torch_threads=torch.get_num_threads(),
         decode_only=per_frame([decode_sample], n),
         encode_only=per_frame([encode_sample], n),
@@ -750,8 +791,8 @@ def run_speed(
         ratio_pipeline_over_cpu_floor=round(p["best_s_per_frame"] / floor, 3),
         # The best ratio any overlap could reach here: the codec's CPU on top of the model's.
         ratio_floor_over_model=round(floor / m["best_s_per_frame"], 3),
-        pipeline_peak_disk_bytes=max(peaks),
-        pipeline_output_bytes=sizes_out[-1],
+        pipeline_peak_disk_bytes=max(rig.peak_disk),
+        pipeline_output_bytes=rig.output_bytes[-1],
     )
     speed: dict[str, Any] = {"core": result}
     if flow is not None:
@@ -761,6 +802,100 @@ def run_speed(
         )
         speed["flow"] = flow_result
     return speed
+
+
+# ------------------------------------------------------------------------------------------
+# Section 1b: the encoder's share, and the pipeline when the model has compute of its own
+
+#: x264 presets compared, slowest first; x264's own default (medium) is the reference.
+X264_PRESETS = ("medium", "faster", "veryfast", "superfast", "ultrafast")
+REFERENCE_PRESET = "medium"
+#: A preset may replace the reference as the default when its file at the same CRF is no
+#: larger and its PSNR against the model's frames is at most this much lower.
+MAX_ENCODER_PSNR_LOSS_DB = 0.5
+
+
+def run_encoders(
+    model: LoadedModel, clip: Path, frames: np.ndarray, sizes: Sizes, scratch: Path
+) -> dict[str, Any]:
+    """On a CPU the encoder competes with the model for the same cores, so its CPU cost is the
+    pipeline's overhead. For each x264 preset at the default CRF: the encoder alone (CPU per
+    frame, bytes, PSNR of the decoded chunk against the model's frames) and pipeline / model
+    in interleaved rounds; the cheapest preset no larger and at most 0.5 dB worse than x264's
+    default must be vsrflow's default. Then the same pipeline with torch on all cores but one,
+    which leaves the codec a core of its own, as a GPU node does (the model on the GPU, the
+    codec on the CPU): that ratio is what the overlap achieves when work does not compete."""
+    import torch
+
+    from vsrflow.engine import EngineSettings
+    from vsrflow.media.encode import EncoderSettings
+
+    rig = BatchRig(fresh_upscaler(model, EngineSettings()), clip, frames, scratch / "enc-chunks")
+    n = rig.n
+    upscaled = rig.engine_only()
+    default_preset = EncoderSettings().options().get("preset", "")
+    presets: dict[str, dict[str, Any]] = {}
+    for preset in X264_PRESETS:
+        path = rig.chunks / f"encode-{preset}.mp4"
+        sample = timed(
+            lambda p=preset, out=path: rig.encode_only(upscaled, EncoderSettings(speed=p), out)
+        )[0]
+        presets[preset] = {
+            "encode_cpu_s_per_frame": round(sample.cpu / n, 4),
+            "encode_s_per_frame": round(sample.wall / n, 4),
+            "bytes": path.stat().st_size,
+            "psnr_db_vs_model_frames": round(psnr(load_frames(path), upscaled), 2),
+        }
+        path.unlink()
+    variants: list[tuple[str, Callable[[], Any]]] = [("model", rig.model_only)]
+    variants += [(p, lambda p=p: rig.pipeline(EncoderSettings(speed=p))) for p in X264_PRESETS]
+    samples = interleaved(variants, sizes.encoder_rounds, "encoder")
+    model_s = min(s.wall for s in samples["model"])
+    for preset, record in presets.items():
+        record["pipeline"] = per_frame(samples[preset], n)
+        record["pipeline_over_model"] = round(min(s.wall for s in samples[preset]) / model_s, 3)
+    ref = presets[REFERENCE_PRESET]
+    eligible = [
+        p
+        for p, r in presets.items()
+        if r["bytes"] <= ref["bytes"]
+        and r["psnr_db_vs_model_frames"]
+        >= ref["psnr_db_vs_model_frames"] - MAX_ENCODER_PSNR_LOSS_DB
+    ]
+    pick = min(eligible, key=lambda p: presets[p]["encode_cpu_s_per_frame"])
+    result: dict[str, Any] = {
+        "frames": n,
+        "crf": EncoderSettings().options().get("crf"),
+        "default_preset": default_preset,
+        "presets": presets,
+        "cheapest_eligible": pick,
+        "default_is_cheapest_eligible": default_preset == pick
+        or presets.get(default_preset, {}).get("encode_cpu_s_per_frame", math.inf)
+        <= presets[pick]["encode_cpu_s_per_frame"] * NOISE_MARGIN,
+    }
+    threads = torch.get_num_threads()
+    if threads < 2:
+        result["spare_core"] = {"skipped": f"torch uses {threads} thread: no core to spare"}
+        return result
+    torch.set_num_threads(threads - 1)
+    try:
+        rig.model_only()  # warm-up at this thread count
+        spare = interleaved(
+            [("model", rig.model_only), ("pipeline", rig.pipeline)],
+            sizes.encoder_rounds,
+            "spare core",
+        )
+    finally:
+        torch.set_num_threads(threads)
+    m, p = per_frame(spare["model"], n), per_frame(spare["pipeline"], n)
+    result["spare_core"] = {
+        "torch_threads": threads - 1,
+        "cores": os.cpu_count(),
+        "model": m,
+        "pipeline": p,
+        "pipeline_over_model": round(p["best_s_per_frame"] / m["best_s_per_frame"], 3),
+    }
+    return result
 
 
 # ------------------------------------------------------------------------------------------
@@ -1234,7 +1369,9 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
         enc_value = (
             f"{enc['best_s_per_frame']:.3f} s/frame, {enc['cpu_s_per_frame']:.3f} CPU-s/frame"
         )
-        add("1 speed", "libx264 crf 18 medium encode alone, 1280x720", enc_value)
+        opts = core.get("encoder", {}).get("options", {})
+        encoder_label = f"libx264 crf {opts.get('crf', '?')} {opts.get('preset', '?')}"
+        add("1 speed", f"{encoder_label} (default) encode alone, 1280x720", enc_value)
         floor_value = f"{floor:.3f} s/frame = {core['ratio_floor_over_model']:.2f} x model"
         add("1 speed", "CPU-bound floor: (engine+decode+encode CPU) / cores", floor_value)
         add("1 speed", "pipeline / CPU-bound floor", f"{core['ratio_pipeline_over_cpu_floor']:.2f}")
@@ -1252,6 +1389,38 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             add("1 speed", "flow / model", f"{flow_s / core['model']['best_s_per_frame']:.2f}")
             add(
                 "1 speed", "flow / pipeline", f"{flow_s / core['pipeline']['best_s_per_frame']:.2f}"
+            )
+    enc_r = r.get("encoder")
+    if enc_r:
+        for preset, rec in enc_r["presets"].items():
+            mark = " (default)" if preset == enc_r["default_preset"] else ""
+            value = (
+                f"encode {rec['encode_cpu_s_per_frame']:.4f} CPU-s/frame, "
+                f"{rec['bytes'] / 1e3:.0f} kB, {rec['psnr_db_vs_model_frames']:.2f} dB; "
+                f"pipeline / model {rec['pipeline_over_model']:.2f}"
+            )
+            add("1 encoder", f"x264 crf {enc_r['crf']} {preset}{mark}", value)
+        add(
+            "1 encoder",
+            f"default preset = cheapest no larger than {REFERENCE_PRESET} and within "
+            f"{MAX_ENCODER_PSNR_LOSS_DB} dB",
+            f"{enc_r['default_preset']} (cheapest such: {enc_r['cheapest_eligible']})",
+            "yes",
+            enc_r["default_is_cheapest_eligible"],
+        )
+        spare = enc_r.get("spare_core", {})
+        if "skipped" in spare:
+            add("1 encoder", "pipeline / model with a core left to the codec", spare["skipped"])
+        elif spare:
+            ratio = spare["pipeline_over_model"]
+            add(
+                "1 encoder",
+                f"pipeline / model, torch on {spare['torch_threads']} of {spare['cores']} cores "
+                "(the codec gets its own core, as beside a GPU)",
+                f"{ratio:.2f} ({spare['model']['best_s_per_frame']:.3f} vs "
+                f"{spare['pipeline']['best_s_per_frame']:.3f} s/frame)",
+                f"<= {TARGET_PIPELINE_RATIO}",
+                ratio <= TARGET_PIPELINE_RATIO,
             )
     if base:
         add(
@@ -1409,10 +1578,19 @@ def render_plot(r: dict[str, Any], path: Path) -> None:
         if pt["settings"].get("compile"):
             colour = "#8c8c8c"
         sweep.append((pt["label"], pt["fps"], colour, pt["label"] == "default"))
+    encoders: list[tuple[str, float, str, bool]] = []
+    enc_r = r.get("encoder")
+    for preset, rec in enc_r["presets"].items() if enc_r else []:
+        default = preset == enc_r["default_preset"]
+        encoders.append((f"x264 {preset}", rec["pipeline_over_model"], "#55a868", default))
+    spare = (enc_r or {}).get("spare_core", {})
+    if "pipeline_over_model" in spare:
+        label = f"default, torch {spare['torch_threads']} thread(s)"
+        encoders.append((label, spare["pipeline_over_model"], "#4c72b0", False))
 
     font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=13)
     width, label_w, bar_w, row_h = 1100, 250, 700, 24
-    height = 60 + (50 + row_h * len(layers) if layers else 0) + (50 + row_h * len(sweep)) + 10
+    height = 70 + sum(50 + row_h * len(bars) for bars in (layers, sweep, encoders) if bars)
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     mach = r["machine"]
@@ -1444,9 +1622,12 @@ def render_plot(r: dict[str, Any], path: Path) -> None:
         top = chart(top, heading, layers, "s/frame")
     if sweep and sw:
         h, w = sw["frame_size_hw"]
-        chart(
+        top = chart(
             top, f"sweep: frames/s, {sw['frames']} frames {w}x{h} (higher is better)", sweep, "fps"
         )
+    if encoders:
+        heading = "pipeline / model by x264 preset (1.00 = the model's own speed; lower is better)"
+        chart(top, heading, encoders, "x")
     image.save(path)
 
 
@@ -1475,9 +1656,13 @@ def write_reports(results: dict[str, Any], out_dir: Path) -> str:
     return text
 
 
-SECTIONS = ("sweeps", "alloc", "core", "flow", "baseline", "rss", "orchestration", "slurm")
+SECTIONS = (
+    "sweeps", "alloc", "core", "flow", "encoder", "baseline", "rss", "orchestration", "slurm"
+)  # fmt: skip
 #: "core" (model / engine / pipeline) and "flow" are timed together, in the same rounds.
-_RUN_ORDER = ("sweeps", "alloc", "speed", "baseline", "rss", "orchestration", "slurm")
+_RUN_ORDER = (
+    "sweeps", "alloc", "speed", "encoder", "baseline", "rss", "orchestration", "slurm"
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1534,6 +1719,7 @@ def main(argv: list[str] | None = None) -> int:
             "speed": lambda: run_speed(
                 model, clip, warm_clip, frames, sizes, scratch, "flow" in wanted
             ),
+            "encoder": lambda: run_encoders(model, clip, frames, sizes, scratch),
             "baseline": lambda: run_baseline(model, clip, scratch),
             "rss": lambda: run_rss(sizes, scratch),
             "orchestration": lambda: run_orchestration(sizes.tasks, scratch),

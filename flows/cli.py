@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vsrflow.engine_settings import ENGINE_DEFAULTS
 from vsrflow.errors import VsrflowError
 from vsrflow.images import IMAGE_SUFFIXES
 
@@ -55,9 +56,22 @@ def _build_parser() -> argparse.ArgumentParser:
     size = up.add_mutually_exclusive_group()
     size.add_argument("--outscale", type=float, help="final scale factor (default: model scale)")
     size.add_argument("--target-height", type=int, help="final height in pixels, aspect kept")
-    up.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = off)")
-    up.add_argument("--tile-pad", type=int, default=16)
-    up.add_argument("--micro-batch", type=int, default=4, help="frames per forward pass")
+    up.add_argument(
+        "--tile", type=int, default=ENGINE_DEFAULTS.tile, help="tile size in input pixels (0 = off)"
+    )
+    up.add_argument("--tile-pad", type=int, default=ENGINE_DEFAULTS.tile_pad)
+    up.add_argument(
+        "--micro-batch",
+        type=int,
+        default=ENGINE_DEFAULTS.micro_batch,
+        help="frames per forward pass",
+    )
+    up.add_argument(
+        "--compile",
+        action="store_true",
+        dest="compile_model",
+        help="torch.compile the model (seconds to compile; faster from a few hundred frames)",
+    )
     up.add_argument("--batch-frames", type=int, help="frames per batch task")
     up.add_argument("--batch-seconds", type=float, default=4.0, help="seconds per batch task")
     up.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "prores", "ffv1"])
@@ -104,6 +118,7 @@ def _video_params(args: argparse.Namespace) -> dict[str, Any]:
         "tile": args.tile,
         "tile_pad": args.tile_pad,
         "micro_batch": args.micro_batch,
+        "compile_model": args.compile_model,
         "batch_frames": args.batch_frames,
         "batch_seconds": args.batch_seconds,
         "profile": args.profile,

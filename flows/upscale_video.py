@@ -29,7 +29,7 @@ from tasks.storage import locations_for, result_storage_for
 from tasks.upscale import chunk_is_present, upscale_batch
 from vsrflow import PIPELINE_VERSION, storage
 from vsrflow.compare import middle_frame
-from vsrflow.engine import EngineSettings
+from vsrflow.engine_settings import ENGINE_DEFAULTS
 from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.lease import OutputLease
 from vsrflow.locations import Locations
@@ -210,9 +210,21 @@ def upscale_video(
             description="Tile size in input pixels, 0 = whole frames. "
             "Use on GPUs with little memory.",
         ),
-    ] = 0,
-    tile_pad: Annotated[int, Field(ge=0, le=256, description="Overlap around each tile.")] = 16,
-    micro_batch: Annotated[int, Field(ge=1, le=64, description="Frames per forward pass.")] = 4,
+    ] = ENGINE_DEFAULTS.tile,
+    tile_pad: Annotated[
+        int, Field(ge=0, le=256, description="Overlap around each tile.")
+    ] = ENGINE_DEFAULTS.tile_pad,
+    micro_batch: Annotated[
+        int, Field(ge=1, le=64, description="Frames per forward pass.")
+    ] = ENGINE_DEFAULTS.micro_batch,
+    compile_model: Annotated[
+        bool,
+        Field(
+            description="torch.compile the model once per worker process: measured +9-25 % "
+            "frames/s on CPU after 2-12 s of compiling; pays off from a few hundred frames "
+            "per worker (bench/README.md)."
+        ),
+    ] = ENGINE_DEFAULTS.compile,
     batch_frames: Annotated[
         int | None,
         Field(ge=1, description="Frames per batch (one task each); overrides batch_seconds."),
@@ -254,8 +266,13 @@ def upscale_video(
         denoise_strength=denoise_strength,
         outscale=outscale,
         target_height=target_height,
-        engine=EngineSettings(
-            precision=precision, tile=tile, tile_pad=tile_pad, micro_batch=micro_batch
+        engine=dataclasses.replace(
+            ENGINE_DEFAULTS,
+            precision=precision,
+            tile=tile,
+            tile_pad=tile_pad,
+            micro_batch=micro_batch,
+            compile=compile_model,
         ),
         encoder=EncoderSettings(codec=codec, quality=crf, speed=encoder_preset),
     )
@@ -374,6 +391,8 @@ def _run_job(
             "precision": job.engine.precision,
             "tile": job.engine.tile,
             "tile_pad": job.engine.tile_pad,
+            "micro_batch": job.engine.micro_batch,
+            "compile_model": job.engine.compile,
             "profile": profile,
         },
         "weights_sha256": plan.weights_sha256,

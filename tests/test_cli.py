@@ -16,6 +16,8 @@ import av
 import media_fixtures as mf
 import pytest
 
+from vsrflow.engine_settings import EngineSettings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,12 +54,16 @@ def test_upscale_video_by_registry_name_from_the_search_path(
         "anime",
         "--batch-frames",
         "12",
+        "--compile",
         "--no-progress",
         env={"VSRFLOW_MODEL_PATH": str(models_dir), "VSRFLOW_MODEL_CACHE": str(tmp_path / "c")},
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["parameters"]["model"] == "realesr-animevideov3"
+    # --compile reached the engine: the defaults came from EngineSettings, compile on top.
+    assert summary["parameters"]["compile_model"] is True
+    assert summary["parameters"]["micro_batch"] == EngineSettings().micro_batch
     assert summary["frames"] == no_audio_clip.frame_count
     with av.open(str(output)) as container:
         assert container.format.name.startswith("matroska")

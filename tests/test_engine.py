@@ -160,6 +160,26 @@ def test_bf16_tiled_close_to_fp32_reference(
     assert value != float("inf"), "bf16 gave bit-identical output: autocast is not active"
 
 
+def test_compiled_engine_keeps_the_fidelity_bounds(
+    model: LoadedModel, frames: np.ndarray, reference: np.ndarray
+) -> None:
+    """``compile=True`` runs inductor's fused kernels (not the eager module) within the same
+    bounds as eager, and is part of the cache identity (its rounding differs)."""
+    settings = EngineSettings(compile=True, micro_batch=2)
+    upscaler = Upscaler(model.descriptor, settings=settings, device="cpu")
+    out = upscaler.upscale(frames)
+    assert out.shape == (3, 192, 256, 3) and out.dtype == np.uint8
+    ref = quantize(reference, 255)
+    if upscaler.precision == "bf16":
+        assert psnr(out, ref, 255.0) >= MIN_BF16_PSNR_DB
+    else:
+        assert max_diff(out, reference) <= MAX_FP32_DIFF
+    assert settings.identity()["compile"] is True
+    assert "compile" not in EngineSettings().identity()  # keys of eager runs are unchanged
+    # Compiled in place on this Upscaler's own copy: the shared descriptor stays eager.
+    assert getattr(model.descriptor.model, "_compiled_call_impl", None) is None
+
+
 def test_auto_precision_picks_bf16_on_capable_cpu(model: LoadedModel) -> None:
     auto = resolve_precision("auto", torch.device("cpu"), model.descriptor)
     want = "bf16" if cpu_has_native_bf16() and model.supports_bfloat16 else "fp32"

@@ -22,48 +22,15 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from vsrflow.engine_settings import ENGINE_DEFAULTS, EngineSettings, Precision
 
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How frames are pushed through the model (none of this changes the model's weights)."""
-
-    precision: Precision = "auto"
-    #: Tile edge in input pixels; 0 = whole frames. Tiles bound memory for large frames.
-    tile: int = 0
-    #: Context around each tile that is computed and thrown away so tiles stitch seamlessly.
-    tile_pad: int = 16
-    #: Reflection padding at the right/bottom edge (Real-ESRGAN's pre_pad) against edge artefacts.
-    pre_pad: int = 0
-    #: Frames per forward pass.
-    micro_batch: int = 4
-    channels_last: bool = True
-    #: Opt-in ``torch.compile`` of the model (inductor), compiled once per process and reused
-    #: by every batch that process runs. Costs seconds on the first call (and per new input
-    #: shape); see bench/README.md for when it pays off.
-    compile: bool = False
-
-    def identity(self) -> dict[str, object]:
-        """What can change output pixels (part of the batch cache key)."""
-        identity: dict[str, object] = {
-            "precision": self.precision,
-            "tile": self.tile,
-            "tile_pad": self.tile_pad,
-            "pre_pad": self.pre_pad,
-        }
-        if self.compile:  # fused kernels round differently; absent when off (keys unchanged)
-            identity["compile"] = True
-        return identity
-
+__all__ = ["EngineSettings", "Precision", "Upscaler"]
 
 #: Environment switch for ``tune_cpu_allocator`` ("0" leaves glibc's defaults alone).
 MALLOC_TUNING_ENV = "VSRFLOW_CPU_MALLOC_TUNING"
@@ -185,7 +152,7 @@ class Upscaler:
         self,
         descriptor: ImageModelDescriptor,
         *,
-        settings: EngineSettings = EngineSettings(),
+        settings: EngineSettings = ENGINE_DEFAULTS,
         device: str | torch.device | None = None,
     ) -> None:
         self.device = resolve_device(device)
