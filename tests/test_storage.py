@@ -26,6 +26,7 @@ import pytest
 from vsrflow import storage
 from vsrflow.errors import (
     BucketNotFoundError,
+    CorruptMediaError,
     ObjectNotFoundError,
     StorageAccessDeniedError,
     StorageError,
@@ -567,3 +568,35 @@ def test_pyav_reads_and_seeks_presigned_url(
     # It seeks with Range requests (no sequential download up to the target).
     assert any(start > size // 2 for start in starts)
     assert all(status in (200, 206) for _, status, _ in proxy.requests)
+
+
+@pytest.mark.parametrize("fixture", ["multitrack_mkv_clip", "multitrack_clip"])
+def test_probe_rejects_a_truncated_object_over_range_requests(
+    cfg: S3Config, prefix: str, fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """A cut upload in S3 is caught by the container check through a handful of range
+    requests on the presigned URL (no download), and the message names the s3:// URI, never
+    the signed URL."""
+    from vsrflow.media.probe import probe
+
+    clip = request.getfixturevalue(fixture)
+    data = clip.path.read_bytes()
+    intact, cut = f"{prefix}intact{clip.path.suffix}", f"{prefix}cut{clip.path.suffix}"
+    client = cfg.client()
+    for uri, body in ((intact, data), (cut, data[: int(len(data) * 0.9)])):
+        bucket, key = storage.parse_s3_uri(uri)
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    url = storage.presigned_get(intact, cfg, expires_s=600)
+    info = probe(url, label=intact, size_bytes=len(data))
+    assert info.video.pts == clip.pts
+    proxy = ByteCountingProxy(url)
+    try:
+        signed = storage.presigned_get(cut, cfg, expires_s=600)
+        with pytest.raises(CorruptMediaError, match="is truncated") as caught:
+            probe(proxy.url_for(signed), label=cut, size_bytes=int(len(data) * 0.9))
+    finally:
+        proxy.close()
+    message = str(caught.value)
+    assert message.startswith(cut) and "X-Amz" not in message and "Signature" not in message
+    assert proxy.bytes < 1024, proxy.requests  # header reads only, not the file

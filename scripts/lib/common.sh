@@ -89,6 +89,17 @@ wait_reaped() {
   return 0
 }
 
+# report_stopped: the last step of a stop script: wait for what it stopped to be reaped, then
+# say whether anything was running.
+report_stopped() {
+  if ((${#STOPPED_PIDS[@]})); then
+    wait_reaped "${STOPPED_PIDS[@]}"
+    log "stopped"
+  else
+    log "not running"
+  fi
+}
+
 # stop_pidfile NAME FILE [COMM]: stop the process named by a pid file (if it is still ours).
 stop_pidfile() {
   local name="$1" file="$2" comm="${3:-}" pid

@@ -29,9 +29,4 @@ if [[ -n "$pid" ]] && pid_alive "$pid"; then
   fi
 fi
 rm -f "$PIDFILE" "$STATE/running.port"
-if ((${#STOPPED_PIDS[@]})); then
-  wait_reaped "${STOPPED_PIDS[@]}"
-  log "stopped"
-else
-  log "not running"
-fi
+report_stopped

@@ -42,9 +42,4 @@ if [[ -s "$STATE/ports.env" ]] && ! { [[ -n "$pid" ]] && pid_alive "$pid"; }; th
     port_in_use "$port" || rm -f "$sock"
   done <"$STATE/ports.env"
 fi
-if ((${#STOPPED_PIDS[@]})); then
-  wait_reaped "${STOPPED_PIDS[@]}"
-  log "stopped"
-else
-  log "not running"
-fi
+report_stopped

@@ -75,9 +75,4 @@ stop_pidfile munged "$MUNGE_PID" munged
 mapfile -t strays < <(our_procs slurmd slurmctld munged slurmstepd)
 ((${#strays[@]})) && stop_pids "stray daemons" "${strays[@]}"
 
-if ((${#STOPPED_PIDS[@]})); then
-  wait_reaped "${STOPPED_PIDS[@]}"
-  log "stopped"
-else
-  log "not running"
-fi
+report_stopped

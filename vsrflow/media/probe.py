@@ -3,8 +3,10 @@
 The probe demuxes every video packet once (cheap: no decoding) because containers lie or stay
 silent about frame counts (webm has no nb_frames, VFR has no single rate), and exact per-frame
 presentation timestamps are what lets us cut batches at exact frames and put every output frame
-back at its source time. It then decodes the last group of pictures so a truncated download is
-rejected before any GPU time is spent on it.
+back at its source time. Before demuxing it compares the sizes the container's top-level
+elements declare with the file's size (``vsrflow.media.structure``), and after it decodes the
+last group of pictures, so a truncated download is rejected, as truncated, before any GPU time
+is spent on it.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from vsrflow.errors import (
 from vsrflow.media.colour import ColourInfo, colour_of
 from vsrflow.media.decode import count_decodable, read_display_matrix
 from vsrflow.media.rotation import DisplayMatrix, rotation_of
+from vsrflow.media.structure import check_complete, file_reader, http_reader
 
 #: Default ceiling on source frame size (width * height): 8K. Protects workers from absurd or
 #: malicious headers that would allocate gigabytes per frame.
 DEFAULT_MAX_PIXELS = 7680 * 4320
+#: Top-level boxes checked over HTTP (one range request each; a fragmented mp4 has thousands).
+REMOTE_MAX_BOXES = 64
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,12 @@ def probe(
         size = Path(source).stat().st_size
     else:
         size = 0
+    if size:
+        # Before demuxing: FFmpeg opens many cut files without complaint (see structure.py).
+        if is_url(source):
+            check_complete(http_reader(source), size, path, max_boxes=REMOTE_MAX_BOXES)
+        else:
+            check_complete(file_reader(source), size, path)
     with _open(source, path) as container:
         if not container.streams.video:
             raise NoVideoStreamError(f"{path} has no video stream")
