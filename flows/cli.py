@@ -76,7 +76,11 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--batch-seconds", type=float, default=4.0, help="seconds per batch task")
     up.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "prores", "ffv1"])
     up.add_argument("--crf", type=int, help="quality (codec default: h264 18)")
-    up.add_argument("--preset", dest="encoder_preset", help="encoder speed preset")
+    up.add_argument(
+        "--preset",
+        dest="encoder_preset",
+        help="encoder speed preset (codec default: h264 veryfast; x264: ultrafast..veryslow)",
+    )
     precision = up.add_mutually_exclusive_group()
     precision.add_argument("--fp32", action="store_true", help="force full precision")
     precision.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")

@@ -196,7 +196,10 @@ def upscale_video(
     ] = None,
     encoder_preset: Annotated[
         str | None,
-        Field(description="Encoder speed preset (x264/x265: ultrafast..veryslow; svt-av1: 0..13)."),
+        Field(
+            description="Encoder speed preset; codec default when empty (h264: veryfast, "
+            "measured in bench/). x264/x265: ultrafast..veryslow; svt-av1: 0..13."
+        ),
     ] = None,
     precision: Annotated[
         PrecisionChoice,

@@ -45,10 +45,10 @@ class CodecPreset:
 CODEC_PRESETS: dict[str, CodecPreset] = {
     p.name: p
     for p in (
-        # veryfast, not x264's own medium: on upscaled frames it needs 0.021-0.032 CPU-s per
-        # 720p frame against 0.047-0.071 (2.2x less), writes 7-17 % smaller files at crf 18
-        # and loses 0.02-0.33 dB PSNR (four clips, bench/run.py "encoder"). On a CPU node the
-        # encoder takes its cores from the model, so this halves the pipeline's overhead.
+        # veryfast, not x264's own medium: on upscaled frames it needs 0.010-0.032 CPU-s per
+        # frame against 0.022-0.071 (2.1-2.4x less), writes 7-17 % smaller files at crf 18
+        # and stays within 0.33 dB PSNR (four clips; bench/run.py part "encoder"). On a CPU
+        # node the encoder takes its cores from the model: this halves the pipeline overhead.
         CodecPreset(
             "h264",
             "libx264",
