@@ -62,22 +62,27 @@ def _s3_problem(value: str, *, require_key: bool) -> str | None:
     return None
 
 
-def _check_location(value: str) -> str:
-    value = value.strip()
-    if re.fullmatch(LOCATION_PATTERN, value) is None:
-        raise ValueError(f"{value!r} is neither a local path nor an s3://bucket/key URI")
-    if value.startswith("s3://") and (problem := _s3_problem(value, require_key=True)):
-        raise ValueError(f"{value!r}: {problem}")
-    return value
+def _uri_checker(pattern: str, expected: str, *, require_key: bool) -> Callable[[str], str]:
+    """A validator: ``value`` matches ``pattern`` (else it is not ``expected``) and, for
+    s3:// values, passes the storage layer's bucket/key rules."""
+
+    def check(value: str) -> str:
+        value = value.strip()
+        if re.fullmatch(pattern, value) is None:
+            raise ValueError(f"{value!r} is neither {expected}")
+        if value.startswith("s3://") and (problem := _s3_problem(value, require_key=require_key)):
+            raise ValueError(f"{value!r}: {problem}")
+        return value
+
+    return check
 
 
-def _check_prefix(value: str) -> str:
-    value = value.strip()
-    if re.fullmatch(PREFIX_PATTERN, value) is None:
-        raise ValueError(f"{value!r} is neither a local directory nor an s3://bucket/prefix/ URI")
-    if value.startswith("s3://") and (problem := _s3_problem(value, require_key=False)):
-        raise ValueError(f"{value!r}: {problem}")
-    return value
+_check_location = _uri_checker(
+    LOCATION_PATTERN, "a local path nor an s3://bucket/key URI", require_key=True
+)
+_check_prefix = _uri_checker(
+    PREFIX_PATTERN, "a local directory nor an s3://bucket/prefix/ URI", require_key=False
+)
 
 
 def _check_model(value: str) -> str:

@@ -89,6 +89,19 @@ wait_reaped() {
   return 0
 }
 
+# await_ready PID NAME DEADLINE WHAT CMD...: run CMD every 0.3 s until it succeeds. Calls the
+# script's own `abort MSG` (which shows the log and stops what was started) when PID, the
+# daemon NAME, exits first, or when SECONDS reaches DEADLINE ("WHAT did not succeed ...").
+await_ready() {
+  local pid="$1" name="$2" deadline="$3" what="$4"
+  shift 4
+  until "$@"; do
+    pid_alive "$pid" || abort "$name exited during startup"
+    ((SECONDS < deadline)) || abort "$what did not succeed within ${TIMEOUT} s"
+    sleep 0.3
+  done
+}
+
 # report_stopped: the last step of a stop script: wait for what it stopped to be reaped, then
 # say whether anything was running.
 report_stopped() {

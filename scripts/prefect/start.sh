@@ -99,12 +99,7 @@ abort() {
   die "$1"
 }
 
-deadline=$((SECONDS + TIMEOUT))
-until health; do
-  pid_alive "$pid" || abort "prefect server exited during startup"
-  ((SECONDS < deadline)) || abort "$API/health did not answer within ${TIMEOUT} s"
-  sleep 0.5
-done
+await_ready "$pid" "prefect server" $((SECONDS + TIMEOUT)) "GET $API/health" health
 
 write_env
 log "started at $API (pid $pid)"

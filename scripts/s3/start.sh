@@ -231,11 +231,7 @@ abort() {
 }
 
 deadline=$((SECONDS + TIMEOUT))
-until list_buckets; do
-  pid_alive "$pid" || abort "weed exited during startup"
-  ((SECONDS < deadline)) || abort "S3 ListBuckets on $ENDPOINT did not succeed within ${TIMEOUT} s"
-  sleep 0.3
-done
+await_ready "$pid" weed "$deadline" "S3 ListBuckets on $ENDPOINT" list_buckets
 # After a restart S3 answers before the volume server has reported its existing volumes to
 # the master, and reads of old objects fail ("volume N not found"): wait for all of them.
 until "$PY" - "$STATE/data" "http://127.0.0.1:${P[master]}/dir/status" <<'PY' 2>/dev/null; do

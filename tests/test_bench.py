@@ -1,0 +1,59 @@
+"""bench/run.py keeps working: a quick run of its speed and encoder parts writes the table, the
+JSON and the plot, with real measurements in them. No timing target is asserted here (those
+live in the benchmark's own table); only that every number was measured and is plausible."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_bench_of_speed_and_encoder_writes_its_reports(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    weights = shared_dir / "models" / "realesr-animevideov3.pth"
+    if not weights.is_file():
+        pytest.skip(f"shared model not found: {weights}")
+    out = tmp_path / "results"
+    env = {**os.environ, "VSRFLOW_SHARED_DIR": str(shared_dir)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "core,encoder",
+         "--results-dir", str(out)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+
+    core = results["core"]
+    assert core["frames"] == 24
+    assert core["encoder"]["options"]["preset"] == "veryfast"  # the measured default
+    for layer in ("model", "engine", "pipeline"):
+        assert 0 < core[layer]["best_s_per_frame"] < 10
+    # The pipeline does the model's work and more: it cannot be much faster than the model.
+    assert core["ratio_pipeline_over_model"] > 0.8
+    assert core["pipeline_output_bytes"] > 0
+
+    encoder = results["encoder"]
+    assert set(encoder["presets"]) == {"medium", "faster", "veryfast", "superfast", "ultrafast"}
+    for name, preset in encoder["presets"].items():
+        assert preset["bytes"] > 10_000, name
+        # The chunk decodes back to the model's frames (crf 18 keeps > 35 dB on them).
+        assert preset["psnr_db_vs_model_frames"] > 35, name
+        assert preset["encode_cpu_s_per_frame"] > 0, name
+    assert encoder["default_preset"] == "veryfast"
+    spare = encoder["spare_core"]
+    assert "skipped" in spare or spare["torch_threads"] == (os.cpu_count() or 1) - 1
+
+    table = (out / "results.md").read_text()
+    assert "pipeline / model (best; median)" in table
+    assert "x264 crf 18 veryfast (default)" in table
+    with Image.open(out / "plot.png") as plot:
+        assert plot.format == "PNG" and plot.width == 1100 and plot.height > 400
