@@ -31,6 +31,8 @@ ReadAt = Callable[[int, int], bytes]
 _BMFF_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot", b"styp"}
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _SEGMENT_ID = 0x18538067
+#: Bytes read from the start: the EBML header (DocType and versions) fits in them.
+_EBML_HEAD_BYTES = 64
 
 
 def check_complete(read_at: ReadAt, size: int, label: str, *, max_boxes: int = 100_000) -> None:
@@ -38,20 +40,20 @@ def check_complete(read_at: ReadAt, size: int, label: str, *, max_boxes: int = 1
     before its top-level elements do. ``max_boxes`` bounds the walk (one read per box; a
     fragmented mp4 has two boxes per fragment): beyond it the rest is not checked."""
     try:
-        head = read_at(0, 16)
+        head = read_at(0, _EBML_HEAD_BYTES)  # one read serves the format test and EBML
         if len(head) >= 8 and head[4:8] in _BMFF_FIRST_BOXES:
             _check_boxes(read_at, size, label, max_boxes)
         elif head.startswith(_EBML_MAGIC):
-            _check_ebml(read_at, size, label)
+            _check_ebml(head, read_at, size, label)
     except OSError:
         return
 
 
 def _check_boxes(read_at: ReadAt, size: int, label: str, max_boxes: int) -> None:
-    offset, seen = 0, set[bytes]()
+    offset, has_index = 0, False
     for count in range(max_boxes):
         if offset >= size:
-            if b"moov" not in seen:  # a cut exactly between boxes, before the index
+            if not has_index:  # a cut exactly between boxes, before the index
                 raise CorruptMediaError(
                     f"{label} is truncated: it has no moov box (the index every mp4/mov "
                     f"needs); it ends after {count} complete boxes, at byte {size}"
@@ -76,7 +78,7 @@ def _check_boxes(read_at: ReadAt, size: int, label: str, max_boxes: int) -> None
             declared, header_size = int.from_bytes(header[8:16], "big"), 16
         elif declared == 0:  # "extends to the end of the file": complete by definition
             return
-        seen.add(box_type)
+        has_index = has_index or box_type == b"moov"
         name = box_type.decode("latin-1")
         if declared < header_size:
             raise CorruptMediaError(
@@ -110,8 +112,7 @@ def _read_vint(data: bytes, pos: int, *, keep_marker: bool) -> tuple[int, int] |
     return value, length
 
 
-def _check_ebml(read_at: ReadAt, size: int, label: str) -> None:
-    head = read_at(0, 64)
+def _check_ebml(head: bytes, read_at: ReadAt, size: int, label: str) -> None:
     header_size = _read_vint(head, 4, keep_marker=False)
     if header_size is None or header_size[0] < 0:
         raise CorruptMediaError(
