@@ -345,9 +345,14 @@ def test_s3_outage_mid_run_never_leaves_a_partial_final_object(
         stderr=subprocess.PIPE,
         text=True,
     )
+    # The outage starts once a batch is wholly done: its chunk AND its result record (the
+    # cross-run cache entry, written just after the chunk) are in S3, so the rerun has
+    # something to resume. Waiting for the chunk alone raced the record's upload.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if _keys(bucket, "outage/.vsrflow-work/chunks/", s3):
+        if _keys(bucket, "outage/.vsrflow-work/chunks/", s3) and _keys(
+            bucket, "outage/.vsrflow-work/results/", s3
+        ):
             break
         time.sleep(0.2)
     assert process.poll() is None, "the run finished before the outage"
