@@ -10,6 +10,10 @@ Launching is idempotent: a video is started only by the run that atomically *cre
 claim object (S3 conditional PUT ``If-None-Match: *``, or ``O_EXCL`` for a local target),
 so overlapping watch runs, a backfill overlapping a watch, or a rerun while earlier runs are
 still queued never start one video twice. See :mod:`vsrflow.catalog`.
+
+Every I/O step is a task (listing, one launch per video, waiting, the table artifact), and
+each run ends with a table artifact: every candidate video, what happened to it and why, with
+a link to its upscale run.
 """
 
 from __future__ import annotations
@@ -18,29 +22,36 @@ import time
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
 from pydantic import Field
 
-from flows.params import ModelChoice, Prefix, form_descriptions
-from flows.upscale_video import Codec, Content, PrecisionChoice
+from flows.params import CredentialsParam, Prefix, ProfileParam, form_descriptions
+from flows.upscale_video import SettingsParam
+from tasks.retry import retry_transient
 from tasks.storage import locations_for
 from vsrflow import catalog
 from vsrflow.catalog import Candidate, ClaimStore, RunState
-from vsrflow.models import model_for_content
+from vsrflow.results import ArchiveEntry, ArchiveResult, VideoStatus
+from vsrflow.settings import UpscaleSettings
 
 #: The deployment each video runs as (flow name / deployment name in prefect.yaml).
 UPSCALE_DEPLOYMENT = "upscale-video/upscale-video"
-#: Passed explicitly so a changed flow default never makes finished outputs look stale.
-TILE_PAD = 16
 POLL_INTERVAL_S = 3.0
 ARCHIVE_TAG = "vsrflow-archive"
 
 Kind = Literal["backfill", "watch"]
+
+
+class ArchiveSetupError(ValueError):
+    """A deployment parameter the user still has to set (or set differently)."""
 
 
 def _run_state(client: SyncPrefectClient) -> Any:
@@ -56,175 +67,115 @@ def _run_state(client: SyncPrefectClient) -> Any:
     return state
 
 
-def _wait_all(client: SyncPrefectClient, run_ids: list[str]) -> dict[str, str]:
-    """Poll until every run is final; returns run id -> state name."""
-    pending = {UUID(r) for r in run_ids}
-    states: dict[str, str] = {}
-    while pending:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))
+def check_prefixes(kind: Kind, source_prefix: str, target_prefix: str) -> None:
+    """Refuse unset or overlapping prefixes with what to set, before touching storage."""
+    deployment = "archive-backfill" if kind == "backfill" else "watch-arrivals"
+    for name, value, what in (
+        ("source_prefix", source_prefix, "the folder or s3://bucket/prefix/ of your videos"),
+        ("target_prefix", target_prefix, "where the upscaled videos should go"),
+    ):
+        if not value:
+            raise ArchiveSetupError(
+                f"{name} is not set: set it to {what} (Deployments > {deployment} > Edit > "
+                "Parameters, or --param on `prefect deployment run`)"
+            )
+    if catalog.normalize_prefix(source_prefix) == catalog.normalize_prefix(target_prefix):
+        raise ArchiveSetupError(
+            "target_prefix must differ from source_prefix (the outputs would become inputs)"
         )
-        for run in runs:
-            if run.state is not None and run.state.is_final():
-                states[str(run.id)] = run.state.name
-                pending.discard(run.id)
-        if pending:
-            time.sleep(POLL_INTERVAL_S)
-    return states
 
 
-def process_prefix(
-    kind: Kind,
-    *,
+@task(
+    name="list-videos",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def list_videos(
     source_prefix: str,
     target_prefix: str,
     patterns: list[str],
-    child_parameters: dict[str, Any],
-    expected: dict[str, Any],
-    max_videos: int,
-    credentials_block: str | None,
-    upscale_deployment: str,
-    wait: bool,
-    max_attempts: int,
     min_age_seconds: float,
-    claim_grace_seconds: float,
-) -> dict[str, Any]:
-    """List, skip what is done, claim and launch the rest (at most ``max_videos``)."""
-    logger = get_run_logger()
-    if catalog.normalize_prefix(source_prefix) == catalog.normalize_prefix(target_prefix):
-        raise ValueError("target_prefix must differ from source_prefix (outputs would be inputs)")
-    locations = locations_for(credentials_block)
-    candidates = catalog.list_candidates(
-        locations,
+    credentials_block: str | None,
+) -> list[Candidate]:
+    """The videos under ``source_prefix`` matching ``patterns`` (outputs excluded)."""
+    return catalog.list_candidates(
+        locations_for(credentials_block),
         source_prefix,
         patterns,
         exclude_prefixes=[target_prefix],
         min_age_s=min_age_seconds,
     )
-    store = ClaimStore(locations, target_prefix)
-    owner = str(flow_run.id) if flow_run.id else None
-    launched: list[dict[str, Any]] = []
-    done: list[str] = []
-    busy: list[dict[str, Any]] = []
-    exhausted: list[str] = []
-    with get_client(sync_client=True) as client:
-        run_state = _run_state(client)
-        for candidate in candidates:
-            if len(launched) >= max_videos:
-                break
-            output = catalog.output_for(candidate, target_prefix)
-            check = catalog.check_done(
-                locations, candidate.location, output, expected, source_size=candidate.size
-            )
-            if check.done:
-                done.append(candidate.location)
-                continue
-            entry = _launch(
-                kind,
-                candidate,
-                output,
-                check.reason,
-                store=store,
-                locations=locations,
-                child_parameters=child_parameters,
-                expected=expected,
-                owner=owner,
-                run_state=run_state,
-                upscale_deployment=upscale_deployment,
-                max_attempts=max_attempts,
-                claim_grace_seconds=claim_grace_seconds,
-            )
-            if entry["status"] == "launched":
-                launched.append(entry)
-            elif entry["status"] == "done":
-                done.append(candidate.location)
-            elif entry["status"] == "exhausted":
-                exhausted.append(candidate.location)
-            else:
-                busy.append(entry)
-        summary: dict[str, Any] = {
-            "kind": kind,
-            "candidates": len(candidates),
-            "already_done": len(done),
-            "launched": launched,
-            "busy": busy,
-            "exhausted": exhausted,
-        }
-        logger.info(
-            "%s: %d candidates, %d already done, %d launched, %d claimed elsewhere, "
-            "%d gave up after %d attempts",
-            kind,
-            len(candidates),
-            len(done),
-            len(launched),
-            len(busy),
-            len(exhausted),
-            max_attempts,
-        )
-        if wait and launched:
-            states = _wait_all(client, [e["flow_run_id"] for e in launched])
-            for entry in launched:
-                entry["state"] = states[entry["flow_run_id"]]
-            failed = [e for e in launched if e["state"] != "Completed"]
-            if failed:
-                raise RuntimeError(
-                    f"{len(failed)} of {len(launched)} videos did not complete: "
-                    + "; ".join(
-                        f"{e['source']} ({e['state']}, run {e['flow_run_id']})" for e in failed
-                    )
-                )
-    return summary
 
 
-def _launch(
+@task(
+    name="launch-video",
+    task_run_name="launch-{candidate.relative}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def launch_video(
     kind: Kind,
     candidate: Candidate,
-    output: str,
-    reason: str,
-    *,
-    store: ClaimStore,
-    locations: Any,
+    target_prefix: str,
     child_parameters: dict[str, Any],
     expected: dict[str, Any],
-    owner: str | None,
-    run_state: Any,
+    credentials_block: str | None,
     upscale_deployment: str,
     max_attempts: int,
     claim_grace_seconds: float,
-) -> dict[str, Any]:
+) -> ArchiveEntry:
+    """Skip the video if its output is up to date, else claim it (only one run ever wins a
+    claim) and start it as a run of ``upscale_deployment``."""
     logger = get_run_logger()
+    locations = locations_for(credentials_block)
+    output = catalog.output_for(candidate, target_prefix)
+    check = catalog.check_done(
+        locations, candidate.location, output, expected, source_size=candidate.size
+    )
+    entry = ArchiveEntry(candidate.location, output, VideoStatus.UP_TO_DATE, check.reason)
+    if check.done:
+        return entry
+    store = ClaimStore(locations, target_prefix)
     digest = catalog.claim_digest(output, candidate.version, expected)
     record = {
         "source": candidate.location,
         "source_version": candidate.version,
         "output": output,
         "parameters": expected,
-        "claimed_by": owner,
+        "claimed_by": str(flow_run.id) if flow_run.id else None,
         "kind": kind,
         "flow_run_id": None,
     }
-    claimed = catalog.claim(
-        store,
-        digest,
-        record,
-        run_state,
-        max_attempts=max_attempts,
-        grace_s=claim_grace_seconds,
-    )
-    entry: dict[str, Any] = {
-        "source": candidate.location,
-        "output": output,
-        "claim": claimed.name,
-        "attempt": claimed.attempt,
-    }
+    with get_client(sync_client=True) as client:
+        claimed = catalog.claim(
+            store,
+            digest,
+            record,
+            _run_state(client),
+            max_attempts=max_attempts,
+            grace_s=claim_grace_seconds,
+        )
     if claimed.kind == "busy":
         logger.info("skip %s: claimed by another run (%s)", candidate.location, claimed.name)
-        return {**entry, "status": "busy", "flow_run_id": claimed.flow_run_id}
-    if claimed.kind == "exhausted":
-        logger.warning(
-            "skip %s: %d attempts ended without a finished output", candidate.location, max_attempts
+        return ArchiveEntry(
+            candidate.location,
+            output,
+            VideoStatus.CLAIMED_ELSEWHERE,
+            f"claim {claimed.name}",
+            claimed.flow_run_id,
+            claimed.attempt,
         )
-        return {**entry, "status": "exhausted"}
+    if claimed.kind == "exhausted":
+        return ArchiveEntry(
+            candidate.location,
+            output,
+            VideoStatus.GAVE_UP,
+            f"{max_attempts} attempts ended without a finished output",
+        )
     if claimed.kind == "new":
         # The run that freed the previous attempt may have just finished this video.
         again = catalog.check_done(
@@ -232,7 +183,7 @@ def _launch(
         )
         if again.done:
             catalog.release_unused(store, claimed)
-            return {**entry, "status": "done"}
+            return ArchiveEntry(candidate.location, output, VideoStatus.UP_TO_DATE, "done")
     run = run_deployment(
         upscale_deployment,
         parameters={**child_parameters, "input_path": candidate.location, "output_path": output},
@@ -247,73 +198,154 @@ def _launch(
         candidate.location,
         output,
         run.id,
-        reason,
+        check.reason,
         claimed.attempt,
     )
-    return {**entry, "status": "launched", "flow_run_id": str(run.id), "reason": reason}
+    return ArchiveEntry(
+        candidate.location, output, VideoStatus.LAUNCHED, check.reason, str(run.id), claimed.attempt
+    )
 
 
-def _upscale_settings(
-    content: str,
-    model: str | None,
-    denoise_strength: float,
-    outscale: float | None,
-    target_height: int | None,
-    codec: str,
-    crf: int | None,
-    encoder_preset: str | None,
-    precision: str,
-    tile: int,
+@task(name="wait-for-runs", cache_policy=NO_CACHE)
+def wait_for_runs(run_ids: list[str]) -> dict[str, str]:
+    """Poll until every run is final; returns run id -> final state name."""
+    pending = {UUID(r) for r in run_ids}
+    states: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        while pending:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))
+            )
+            for run in runs:
+                if run.state is not None and run.state.is_final():
+                    states[str(run.id)] = run.state.name
+                    pending.discard(run.id)
+            if pending:
+                time.sleep(POLL_INTERVAL_S)
+    return states
+
+
+def run_link(flow_run_id: str | None) -> str:
+    """The UI page of a flow run (its id alone when no UI URL is configured)."""
+    if not flow_run_id:
+        return ""
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else flow_run_id
+
+
+@task(name="publish-archive-table", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def publish_table(kind: Kind, target_prefix: str, entries: list[ArchiveEntry]) -> str:
+    """A table artifact: every candidate video, its status and why, a link to its run."""
+    key = f"archive-{kind}-{catalog.claim_digest(target_prefix, kind, {})[:12]}"
+    rows = [
+        {
+            "video": e.source,
+            "status": e.status.value,
+            "reason": e.reason,
+            "output": e.output,
+            "flow run": run_link(e.flow_run_id),
+        }
+        for e in entries
+    ]
+    counts = {s.value: sum(e.status is s for e in entries) for s in VideoStatus}
+    description = f"{kind} of {len(entries)} videos: " + ", ".join(
+        f"{n} {status}" for status, n in counts.items() if n
+    )
+    create_table_artifact(rows, key=key, description=description or f"{kind}: no videos")
+    return key
+
+
+def process_prefix(
+    kind: Kind,
+    *,
+    source_prefix: str,
+    target_prefix: str,
+    patterns: list[str],
+    settings: UpscaleSettings,
     profile: str,
-    credentials_block: str | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(parameters for each upscale-video run, what its manifest must then record)."""
-    if outscale is not None and target_height is not None:
-        raise ValueError("outscale and target_height are exclusive: set one of them")
+    credentials_block: str,
+    max_videos: int,
+    upscale_deployment: str,
+    wait: bool,
+    max_attempts: int,
+    min_age_seconds: float,
+    claim_grace_seconds: float,
+) -> ArchiveResult:
+    """List, skip what is done, claim and launch the rest (at most ``max_videos``)."""
+    logger = get_run_logger()
+    check_prefixes(kind, source_prefix, target_prefix)
+    creds = credentials_block or None
+    candidates = list_videos(source_prefix, target_prefix, patterns, min_age_seconds, creds)
     child = {
-        "content": content,
-        "model": model,
-        "denoise_strength": denoise_strength,
-        "outscale": outscale,
-        "target_height": target_height,
-        "codec": codec,
-        "crf": crf,
-        "encoder_preset": encoder_preset,
-        "precision": precision,
-        "tile": tile,
-        "tile_pad": TILE_PAD,
+        "settings": settings.model_dump(mode="json"),
         "profile": profile,
         "credentials_block": credentials_block,
     }
-    expected = {
-        "model": model or model_for_content(content),
-        "denoise_strength": denoise_strength,
-        "outscale": outscale,
-        "target_height": target_height,
-        "codec": codec,
-        "crf": crf,
-        "encoder_preset": encoder_preset,
-        "precision": precision,
-        "tile": tile,
-        "tile_pad": TILE_PAD,
-    }
-    return child, expected
+    expected = settings.decisive_parameters()
+    entries: list[ArchiveEntry] = []
+    launched = 0
+    for candidate in candidates:
+        if launched >= max_videos:
+            output = catalog.output_for(candidate, target_prefix)
+            entries.append(ArchiveEntry(candidate.location, output, VideoStatus.NOT_STARTED))
+            continue
+        entry = launch_video(
+            kind,
+            candidate,
+            target_prefix,
+            child,
+            expected,
+            creds,
+            upscale_deployment,
+            max_attempts,
+            claim_grace_seconds,
+        )
+        launched += entry.status is VideoStatus.LAUNCHED
+        entries.append(entry)
+    logger.info(
+        "%s: %d candidates; %s",
+        kind,
+        len(candidates),
+        ", ".join(f"{s.value}: {sum(e.status is s for e in entries)}" for s in VideoStatus),
+    )
+    failed: list[ArchiveEntry] = []
+    if wait and launched:
+        states = wait_for_runs(
+            [e.flow_run_id for e in entries if e.flow_run_id and e.status is VideoStatus.LAUNCHED]
+        )
+        finished = []
+        for e in entries:
+            if e.status is VideoStatus.LAUNCHED and e.flow_run_id in states:
+                state = states[e.flow_run_id]
+                status = VideoStatus.COMPLETED if state == "Completed" else VideoStatus.FAILED
+                e = ArchiveEntry(e.source, e.output, status, state, e.flow_run_id, e.attempt)
+                if status is VideoStatus.FAILED:
+                    failed.append(e)
+            finished.append(e)
+        entries = finished
+    artifact = publish_table(kind, target_prefix, entries)
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {launched} videos did not complete: "
+            + "; ".join(f"{e.source} ({e.reason}, run {e.flow_run_id})" for e in failed)
+        )
+    return ArchiveResult(kind, len(candidates), tuple(entries), artifact)
 
 
 # Parameter types shared by both flows (each carries its form description).
 SourcePrefix = Annotated[
     Prefix,
     Field(
-        description="Where the source videos are: s3://bucket/prefix/ or a local directory "
-        "(searched recursively; hidden paths such as .vsrflow-work are skipped)."
+        description="Where the source videos are: s3://bucket/prefix/ or a local folder "
+        "(searched recursively; hidden paths such as .vsrflow-work are skipped). Must be set."
     ),
 ]
 TargetPrefix = Annotated[
     Prefix,
     Field(
         description="Where the outputs go, keeping each video's relative path: s3://bucket/"
-        "prefix/ or a local directory. <output>.manifest.json and the claims "
-        "(.vsrflow-claims/) are written there too."
+        "prefix/ or a local folder. <output>.manifest.json and the claims "
+        "(.vsrflow-claims/) are written there too. Must be set."
     ),
 ]
 Patterns = Annotated[
@@ -321,75 +353,14 @@ Patterns = Annotated[
     Field(
         min_length=1,
         max_length=32,
-        description="File name globs selecting the videos (case-insensitive), e.g. *.mp4; a "
-        "glob with a / matches the path below the source prefix.",
-    ),
-]
-ContentParam = Annotated[
-    Content,
-    Field(
-        description="Content preset picking the model when `model` is empty: anime -> "
-        "realesr-animevideov3, real -> RealESRGAN_x4plus, general -> realesr-general-x4v3."
-    ),
-]
-ModelParam = Annotated[
-    ModelChoice | None,
-    Field(
-        description="Registry model name or a .pth/.safetensors file on the workers; "
-        "overrides `content`."
-    ),
-]
-DenoiseParam = Annotated[
-    float,
-    Field(ge=0.0, le=1.0, description="realesr-general-x4v3 only: 1 = no extra denoising."),
-]
-OutscaleParam = Annotated[
-    float | None,
-    Field(gt=0.0, le=16.0, description="Final scale factor; the model's own scale when empty."),
-]
-TargetHeightParam = Annotated[
-    int | None,
-    Field(ge=16, le=8640, description="Final height in pixels; exclusive with outscale."),
-]
-CodecParam = Annotated[Codec, Field(description="Output video codec.")]
-CrfParam = Annotated[
-    int | None,
-    Field(ge=0, le=63, description="Quality (lower is better); codec default when empty."),
-]
-PresetParam = Annotated[
-    str | None,
-    Field(
-        max_length=32,
-        description="Encoder speed preset (x264/x265: ultrafast..veryslow); codec default "
-        "when empty.",
-    ),
-]
-PrecisionParam = Annotated[
-    PrecisionChoice,
-    Field(description="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."),
-]
-TileParam = Annotated[
-    int, Field(ge=0, le=4096, description="Tile size in input pixels, 0 = whole frames.")
-]
-ProfileParam = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description="Compute profile of each video run (deployments/profiles.yaml: local, "
-        "slurm, ...).",
-    ),
-]
-CredentialsParam = Annotated[
-    str | None,
-    Field(
-        description="Name of a saved prefect-aws AwsCredentials block for s3:// locations "
-        "(passed on to every video run); empty: the workers' AWS_* environment."
+        description="File name patterns selecting the videos (case-insensitive), e.g. *.mp4; "
+        "a pattern with a / matches the path below the source prefix.",
     ),
 ]
 DeploymentParam = Annotated[
     str,
     Field(
-        pattern=r"^[^/\s]+/[^/\s]+$",
+        pattern=r"^\S+/\S+$",
         description="The deployment each video runs as: <flow name>/<deployment name>.",
     ),
 ]
@@ -398,8 +369,8 @@ AttemptsParam = Annotated[
     Field(
         ge=1,
         le=10,
-        description="Runs started per video before it is left alone (failed, crashed or "
-        "cancelled runs count).",
+        description="Runs started per video (1-10) before it is left alone (failed, crashed "
+        "or cancelled runs count).",
     ),
 ]
 GraceParam = Annotated[
@@ -407,35 +378,27 @@ GraceParam = Annotated[
     Field(
         ge=10.0,
         le=86400.0,
-        description="Seconds a claim without a recorded run counts as taken (its creator is "
-        "launching); after that another run may launch it (same idempotency key, so never "
-        "twice).",
+        description="Seconds (10-86400) a claim without a recorded run counts as taken (its "
+        "creator is launching); after that another run may launch it (same idempotency key, "
+        "so never twice).",
     ),
 ]
+DEFAULT_PATTERNS = ["*.mp4", "*.mkv", "*.mov"]
 
 
 @flow(name="archive-backfill", log_prints=True)
 @form_descriptions
 def archive_backfill(
-    source_prefix: SourcePrefix,
-    target_prefix: TargetPrefix,
-    patterns: Patterns = ["*.mp4", "*.mkv", "*.mov"],  # noqa: B006 (Prefect copies defaults)
-    content: ContentParam = "anime",
-    model: ModelParam = None,
-    denoise_strength: DenoiseParam = 1.0,
-    outscale: OutscaleParam = None,
-    target_height: TargetHeightParam = None,
-    codec: CodecParam = "h264",
-    crf: CrfParam = None,
-    encoder_preset: PresetParam = None,
-    precision: PrecisionParam = "auto",
-    tile: TileParam = 0,
+    source_prefix: SourcePrefix = "",
+    target_prefix: TargetPrefix = "",
+    patterns: Patterns = DEFAULT_PATTERNS,
+    settings: SettingsParam = UpscaleSettings(),  # noqa: B008 (frozen; Prefect copies it)
     max_videos: Annotated[
         int,
-        Field(ge=1, le=10000, description="At most this many videos are started per run."),
+        Field(ge=1, le=10000, description="At most this many videos (1-10000) start per run."),
     ] = 20,
     profile: ProfileParam = "local",
-    credentials_block: CredentialsParam = None,
+    credentials_block: CredentialsParam = "",
     upscale_deployment: DeploymentParam = UPSCALE_DEPLOYMENT,
     wait: Annotated[
         bool,
@@ -446,32 +409,18 @@ def archive_backfill(
     ] = True,
     max_attempts: AttemptsParam = 3,
     claim_grace_seconds: GraceParam = 600.0,
-) -> dict[str, Any]:
+) -> ArchiveResult:
     """Upscale every video under a prefix that has no up-to-date output yet, each as its own
     upscale-video run (at most max_videos per run; reruns skip finished videos)."""
-    child, expected = _upscale_settings(
-        content,
-        model,
-        denoise_strength,
-        outscale,
-        target_height,
-        codec,
-        crf,
-        encoder_preset,
-        precision,
-        tile,
-        profile,
-        credentials_block,
-    )
     return process_prefix(
         "backfill",
         source_prefix=source_prefix,
         target_prefix=target_prefix,
         patterns=patterns,
-        child_parameters=child,
-        expected=expected,
-        max_videos=max_videos,
+        settings=settings,
+        profile=profile,
         credentials_block=credentials_block,
+        max_videos=max_videos,
         upscale_deployment=upscale_deployment,
         wait=wait,
         max_attempts=max_attempts,
@@ -483,34 +432,25 @@ def archive_backfill(
 @flow(name="watch-arrivals", log_prints=True)
 @form_descriptions
 def watch_arrivals(
-    source_prefix: SourcePrefix,
-    target_prefix: TargetPrefix,
-    patterns: Patterns = ["*.mp4", "*.mkv", "*.mov"],  # noqa: B006 (Prefect copies defaults)
-    content: ContentParam = "anime",
-    model: ModelParam = None,
-    denoise_strength: DenoiseParam = 1.0,
-    outscale: OutscaleParam = None,
-    target_height: TargetHeightParam = None,
-    codec: CodecParam = "h264",
-    crf: CrfParam = None,
-    encoder_preset: PresetParam = None,
-    precision: PrecisionParam = "auto",
-    tile: TileParam = 0,
+    source_prefix: SourcePrefix = "",
+    target_prefix: TargetPrefix = "",
+    patterns: Patterns = DEFAULT_PATTERNS,
+    settings: SettingsParam = UpscaleSettings(),  # noqa: B008 (frozen; Prefect copies it)
     max_videos: Annotated[
         int,
-        Field(ge=1, le=1000, description="At most this many new videos are started per check."),
+        Field(ge=1, le=1000, description="At most this many new videos (1-1000) start per check."),
     ] = 10,
     min_age_seconds: Annotated[
         float,
         Field(
             ge=0.0,
             le=86400.0,
-            description="Ignore files modified less than this many seconds ago (set e.g. 60 "
-            "for a local directory files are copied into; S3 objects appear whole).",
+            description="Ignore files modified less than this many seconds ago (0-86400; e.g. "
+            "60 for a local folder that files are copied into; S3 objects appear whole).",
         ),
     ] = 0.0,
     profile: ProfileParam = "local",
-    credentials_block: CredentialsParam = None,
+    credentials_block: CredentialsParam = "",
     upscale_deployment: DeploymentParam = UPSCALE_DEPLOYMENT,
     wait: Annotated[
         bool,
@@ -521,32 +461,18 @@ def watch_arrivals(
     ] = False,
     max_attempts: AttemptsParam = 3,
     claim_grace_seconds: GraceParam = 600.0,
-) -> dict[str, Any]:
+) -> ArchiveResult:
     """Pick up new videos under a prefix (the upload-trigger pattern, on an interval
     schedule): each new or changed video is started exactly once, however runs overlap."""
-    child, expected = _upscale_settings(
-        content,
-        model,
-        denoise_strength,
-        outscale,
-        target_height,
-        codec,
-        crf,
-        encoder_preset,
-        precision,
-        tile,
-        profile,
-        credentials_block,
-    )
     return process_prefix(
         "watch",
         source_prefix=source_prefix,
         target_prefix=target_prefix,
         patterns=patterns,
-        child_parameters=child,
-        expected=expected,
-        max_videos=max_videos,
+        settings=settings,
+        profile=profile,
         credentials_block=credentials_block,
+        max_videos=max_videos,
         upscale_deployment=upscale_deployment,
         wait=wait,
         max_attempts=max_attempts,

@@ -19,9 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vsrflow.engine_settings import ENGINE_DEFAULTS
+from pydantic import ValidationError
+
 from vsrflow.errors import VsrflowError
 from vsrflow.images import IMAGE_SUFFIXES
+from vsrflow.models.registry import CONTENT_PRESETS, model_for_content
+from vsrflow.results import as_json
+from vsrflow.settings import UpscaleSettings
+from vsrflow.settings_cli import add_settings_options, describe, given_settings, settings_from_args
 
 #: Defaults that make the embedded Prefect server work offline on small machines.
 PREFECT_ENV_DEFAULTS = {
@@ -41,49 +46,15 @@ def _build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="upscale a video, an image or a folder of images")
     up.add_argument("input", help="video file, image file or folder of images")
     up.add_argument("-o", "--output", required=True, help="output file (or folder for images)")
-    up.add_argument("--model", help="registry name or .pth/.safetensors path (see models list)")
-    up.add_argument(
+    add_settings_options(up)
+    shortcuts = up.add_argument_group("shortcuts")
+    shortcuts.add_argument(
         "--content",
-        choices=["anime", "real", "general"],
-        help="preset choosing the model (default: anime for video, real for images)",
+        choices=list(CONTENT_PRESETS),
+        help="pick the model by content instead of --model: anime -> realesr-animevideov3, "
+        "real -> RealESRGAN_x4plus, general -> realesr-general-x4v3",
     )
-    up.add_argument(
-        "--denoise-strength",
-        type=float,
-        default=1.0,
-        help="realesr-general-x4v3: 1 = none .. 0 = strongest",
-    )
-    size = up.add_mutually_exclusive_group()
-    size.add_argument("--outscale", type=float, help="final scale factor (default: model scale)")
-    size.add_argument("--target-height", type=int, help="final height in pixels, aspect kept")
-    up.add_argument(
-        "--tile", type=int, default=ENGINE_DEFAULTS.tile, help="tile size in input pixels (0 = off)"
-    )
-    up.add_argument("--tile-pad", type=int, default=ENGINE_DEFAULTS.tile_pad)
-    up.add_argument(
-        "--micro-batch",
-        type=int,
-        default=ENGINE_DEFAULTS.micro_batch,
-        help="frames per forward pass",
-    )
-    up.add_argument(
-        "--compile",
-        action="store_true",
-        dest="compile_model",
-        help="torch.compile the model (seconds to compile; faster from a few hundred frames)",
-    )
-    up.add_argument("--batch-frames", type=int, help="frames per batch task")
-    up.add_argument("--batch-seconds", type=float, default=4.0, help="seconds per batch task")
-    up.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "prores", "ffv1"])
-    up.add_argument("--crf", type=int, help="quality (codec default: h264 18)")
-    up.add_argument(
-        "--preset",
-        dest="encoder_preset",
-        help="encoder speed preset (codec default: h264 veryfast; x264: ultrafast..veryslow)",
-    )
-    precision = up.add_mutually_exclusive_group()
-    precision.add_argument("--fp32", action="store_true", help="force full precision")
-    precision.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    shortcuts.add_argument("--fp32", action="store_true", help="same as --precision fp32")
     up.add_argument("--profile", default="local", help="compute profile (default: local)")
     up.add_argument("--work-dir", help="chunks/cache/progress (default: beside the output)")
     up.add_argument("--keep-chunks", action="store_true", help="keep chunks after publishing")
@@ -91,7 +62,6 @@ def _build_parser() -> argparse.ArgumentParser:
         "--credentials-block",
         help="saved prefect-aws AwsCredentials block for s3:// locations (default: AWS_* env)",
     )
-    up.add_argument("--alpha-mode", choices=["model", "bicubic"], default="model")
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
 
@@ -106,48 +76,26 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _video_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "input_path": args.input,
-        "output_path": args.output,
-        "content": args.content or "anime",
-        "model": args.model,
-        "denoise_strength": args.denoise_strength,
-        "outscale": args.outscale,
-        "target_height": args.target_height,
-        "codec": args.codec,
-        "crf": args.crf,
-        "encoder_preset": args.encoder_preset,
-        "precision": "fp32" if args.fp32 else args.precision,
-        "tile": args.tile,
-        "tile_pad": args.tile_pad,
-        "micro_batch": args.micro_batch,
-        "compile_model": args.compile_model,
-        "batch_frames": args.batch_frames,
-        "batch_seconds": args.batch_seconds,
-        "profile": args.profile,
-        "work_dir": args.work_dir,
-        "keep_chunks": args.keep_chunks,
-        "credentials_block": args.credentials_block,
-    }
+def _settings(args: argparse.Namespace) -> UpscaleSettings:
+    """The settings from the options, with the --content/--fp32 shortcuts applied."""
+    given = given_settings(args)
+    shortcuts: dict[str, str] = {}
+    if args.content:
+        if "model.name" in given or "model.weights_path" in given:
+            raise ValueError("--content picks a model: give --content or --model/--weights")
+        shortcuts["model.name"] = model_for_content(args.content)
+    if args.fp32:
+        if given.get("engine.precision", "fp32") != "fp32":
+            raise ValueError("--fp32 and --precision disagree: give one of them")
+        shortcuts["engine.precision"] = "fp32"
+    try:
+        return settings_from_args(args, **shortcuts)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from None
 
 
-def _image_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "input_path": args.input,
-        "output_path": args.output,
-        "content": args.content or "real",
-        "model": args.model,
-        "denoise_strength": args.denoise_strength,
-        "outscale": args.outscale,
-        "target_height": args.target_height,
-        "alpha_mode": args.alpha_mode,
-        "precision": "fp32" if args.fp32 else args.precision,
-        "tile": args.tile,
-        "tile_pad": args.tile_pad,
-        "profile": args.profile,
-        "work_dir": args.work_dir,
-    }
+def _placement(args: argparse.Namespace) -> dict[str, Any]:
+    return {"profile": args.profile, "work_dir": args.work_dir or ""}
 
 
 def _watch_progress(run_name: str, work_dir: str, output: str, done: threading.Event) -> None:
@@ -193,12 +141,13 @@ def _run_upscale(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    settings = _settings(args)
     source = Path(args.input)
     if _is_image_job(source):
         from flows.upscale_images import upscale_images
 
-        summary = upscale_images(**_image_params(args))
-        print(json.dumps(summary, indent=2))
+        images = upscale_images(args.input, args.output, settings, **_placement(args))
+        print(json.dumps(as_json(images), indent=2))
         return 0
 
     from flows.upscale_video import default_work_dir, upscale_video
@@ -208,8 +157,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
 
     # Fail fast, before Prefect starts, with one line for input the flow would reject.
     if "://" not in args.input:
-        check_output_compatible(probe(args.input), args.output, args.codec)
-    params = _video_params(args)
+        check_output_compatible(probe(args.input), args.output, settings.encoder.codec)
     work_dir = args.work_dir or default_work_dir(args.output)
     # A unique run name lets the progress watcher find this run's progress artifact.
     run_name = f"{artifact_key(args.output)}-{uuid.uuid4().hex[:8]}"
@@ -228,11 +176,19 @@ def _run_upscale(args: argparse.Namespace) -> int:
         watcher.start()
     started = time.perf_counter()
     try:
-        summary = upscale_video.with_options(flow_run_name=run_name)(**params)
+        result = upscale_video.with_options(flow_run_name=run_name)(
+            args.input,
+            args.output,
+            settings,
+            credentials_block=args.credentials_block or "",
+            keep_chunks=args.keep_chunks,
+            **_placement(args),
+        )
     finally:
         done.set()
         if watcher is not None:
             watcher.join()
+    summary = as_json(result)
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,20 +1,19 @@
-"""Flow parameter types that make a good Prefect form and fail early, naming the field.
+"""Flow parameter types that make a good Prefect form and fail early, in words, naming the field.
 
-Two layers, because a deployment's parameters are checked in two places:
+A deployment's parameters are checked in two places:
 
-* the JSON schema Prefect stores with a deployment (``pattern``, ``enum``, bounds): the server
-  checks every ``run_deployment`` / ``prefect deployment run --param`` / UI run against it
-  before a flow run exists, and answers ``Validation failed for field 'model'. Failure
-  reason: ...``;
+* the JSON schema Prefect stores with a deployment: the server checks every UI run,
+  ``prefect deployment run --param`` and ``run_deployment`` against it *before a flow run
+  exists*, and answers ``Validation failed for field 'output_path'. Failure reason: ...``.
+  JSON schema's own messages for a ``pattern`` print the regular expression; so each common
+  mistake is a rule ``if <pattern> then <const: the accepted form in words>``, whose failure
+  reads ``'s3://bucket/key.mp4 (two slashes after s3:)' was expected``;
 * pydantic ``AfterValidator``\\ s, which no JSON schema can express (a weights file must
-  exist on the machine that runs the flow): Prefect runs them when the flow run starts and
-  fails it with ``ParameterTypeError`` listing ``- model: Value error, ...``.
+  exist where the flow runs): Prefect runs them when the run starts.
 
 :func:`form_descriptions` works around Prefect building its parameter schema with an
 explicit ``description=None`` (``prefect._internal.pydantic.v2_schema.process_v2_params``),
-which silently drops every ``Annotated[..., Field(description=...)]`` description: the form
-then shows bare field names. Decorate a flow function with it (under ``@flow``) and the
-descriptions reach the schema, the UI form and ``prefect deployment inspect``.
+which silently drops every ``Annotated[..., Field(description=...)]`` description.
 """
 
 from __future__ import annotations
@@ -22,99 +21,147 @@ from __future__ import annotations
 import re
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field
 from pydantic.fields import FieldInfo
 
-from vsrflow.models import WEIGHT_SUFFIXES, list_specs
 from vsrflow.storage import parse_s3_uri
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: AWS bucket naming rules (as ``vsrflow.storage``), checked in Python.
-# The JSON-schema patterns below catch what people get wrong (another scheme, no key, an
-# empty value) and stay free of [...] classes: Prefect's CLI prints server errors through
-# rich, which swallows bracketed text as markup. The Python validators check the rest.
-_NO_SCHEME = r"(?!\w+://)\S.*"
-#: ``s3://bucket/key`` or a local path (anything without a ``scheme://``).
-LOCATION_PATTERN = rf"^(s3://(\w|\.|-){{3,63}}/\S+|{_NO_SCHEME})$"
-#: ``s3://bucket``, ``s3://bucket/some/prefix/`` or a local directory.
-PREFIX_PATTERN = rf"^(s3://(\w|\.|-){{3,63}}(/\S*)?|{_NO_SCHEME})$"
-REGISTRY_NAMES = tuple(spec.name for spec in list_specs())
-#: A registry name, or a path ending in .pth / .safetensors.
-MODEL_PATTERN = (
-    "^("
-    + "|".join(REGISTRY_NAMES)
-    + "|.+("
-    + "|".join(re.escape(s) for s in WEIGHT_SUFFIXES)
-    + "))$"
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+#: (regex that a wrong value matches, what was expected instead), checked in this order.
+#: The regexes avoid [...] classes: Prefect's CLI prints server errors through rich, which
+#: swallows bracketed text as markup.
+_MISTAKES: tuple[tuple[str, str], ...] = (
+    (r"^$", "a value (it is empty)"),
+    (r"^\s|\s$", "no spaces before or after the value"),
+    (r"^S3:", "s3:// in lower case, e.g. s3://bucket/key"),
+    (r"^s3:(?!//)", "s3://bucket/key (two slashes after s3:)"),
+    (r"^(s|S)3//", "s3://bucket/key (a colon after s3)"),
+    (r"^(?!s3://)\w+://", "a local path or s3://bucket/key (no other scheme)"),
+    (r"^s3://(\S*\s)", "an s3:// URI without spaces"),
 )
 
 
-def _s3_problem(value: str, *, require_key: bool) -> str | None:
-    """The storage layer's own URI rules (bucket name, key present), as one message."""
-    try:
-        parse_s3_uri(value, require_key=require_key)
-    except ValueError as exc:
-        return str(exc)
-    return None
+def _rules(mistakes: tuple[tuple[str, str], ...], last: tuple[str, str] | None) -> dict[str, Any]:
+    """The JSON-schema form of the mistake table: one ``if/then`` per mistake."""
+    rules = [{"if": {"pattern": p}, "then": {"const": words}} for p, words in mistakes]
+    if last is not None:
+        rules.append({"if": {"not": {"pattern": last[0]}}, "then": {"const": last[1]}})
+    return {"allOf": rules}
 
 
-def _uri_checker(pattern: str, expected: str, *, require_key: bool) -> Callable[[str], str]:
-    """A validator: ``value`` matches ``pattern`` (else it is not ``expected``) and, for
-    s3:// values, passes the storage layer's bucket/key rules."""
+def _suffix_rule(suffixes: tuple[str, ...], what: str) -> tuple[str, str]:
+    spellings = [s for suffix in suffixes for s in (suffix, suffix.upper())]
+    ends = "|".join(s.replace(".", r"\.") for s in spellings)
+    return rf"({ends})$", f"{what} ending in {' or '.join(suffixes)}"
+
+
+def _checker(
+    mistakes: tuple[tuple[str, str], ...],
+    *,
+    kind: str,
+    require_key: bool,
+    suffix: tuple[str, str] | None,
+) -> Callable[[str], str]:
+    """A pydantic validator applying the same rules in Python, plus the storage layer's
+    bucket rules (which the schema does not spell out)."""
 
     def check(value: str) -> str:
-        value = value.strip()
-        if re.fullmatch(pattern, value) is None:
-            raise ValueError(f"{value!r} is neither {expected}")
-        if value.startswith("s3://") and (problem := _s3_problem(value, require_key=require_key)):
-            raise ValueError(f"{value!r}: {problem}")
+        for pattern, words in mistakes:
+            if re.search(pattern, value):
+                raise ValueError(f"{value!r} is not {kind}: expected {words}")
+        if suffix is not None and not re.search(suffix[0], value):
+            raise ValueError(f"{value!r} is not {kind}: expected {suffix[1]}")
+        if value.startswith("s3://"):
+            try:
+                parse_s3_uri(value, require_key=require_key)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     return check
 
 
-_check_location = _uri_checker(
-    LOCATION_PATTERN, "a local path nor an s3://bucket/key URI", require_key=True
+def location_type(
+    kind: str,
+    *,
+    suffixes: tuple[str, ...] | None,
+    what: str,
+    require_key: bool = True,
+    allow_empty: bool = False,
+) -> Any:
+    """An ``Annotated[str, ...]`` for a local path or s3:// URI of ``kind`` (form rules in the
+    schema, the same rules in Python). ``allow_empty``: "" is accepted here (a deployment
+    default the user must replace; the flow then says what to set)."""
+    suffix = _suffix_rule(suffixes, what) if suffixes else None
+    mistakes = _MISTAKES[1:] if allow_empty else _MISTAKES
+    check = _checker(mistakes, kind=kind, require_key=require_key, suffix=suffix)
+    return Annotated[
+        str,
+        Field(
+            min_length=0 if allow_empty else 1,
+            max_length=4096,
+            json_schema_extra=_rules(mistakes, suffix),
+        ),
+        AfterValidator(lambda value: value if allow_empty and value == "" else check(value)),
+    ]
+
+
+#: A source video: a local path or s3://bucket/key.
+VideoSource = location_type("a video", suffixes=None, what="")
+#: An output video: the container comes from the extension.
+VideoOutput = location_type(
+    "an output video", suffixes=VIDEO_SUFFIXES, what="a local path or s3://bucket/key"
 )
-_check_prefix = _uri_checker(
-    PREFIX_PATTERN, "a local directory nor an s3://bucket/prefix/ URI", require_key=False
+#: An image file or a folder / prefix of images.
+ImageLocation = location_type(
+    "an image or a folder of images", suffixes=None, what="", require_key=False
+)
+#: A folder to scan or to write into: local directory or s3://bucket[/prefix/]; "" = not set
+#: yet (the archive deployments ship that way: the flow says what to set).
+Prefix = location_type(
+    "a folder or s3:// prefix", suffixes=None, what="", require_key=False, allow_empty=True
 )
 
-
-def _check_model(value: str) -> str:
-    value = value.strip()
-    if value in REGISTRY_NAMES:
-        return value
-    if not value.lower().endswith(WEIGHT_SUFFIXES):
-        raise ValueError(
-            f"unknown model {value!r}: use a registry name ({', '.join(REGISTRY_NAMES)}) "
-            f"or a path to a {'/'.join(WEIGHT_SUFFIXES)} file"
-        )
-    if not Path(value).expanduser().is_file():
-        raise ValueError(f"weights file {value!r} does not exist on this machine")
-    return value
-
-
-# The patterns go into the JSON schema only (the server and the UI check them); in Python the
-# validators below check the same and say what is wrong in words instead of a regex.
-
-#: A source or output: local path or s3://bucket/key.
-Location = Annotated[
-    str, Field(json_schema_extra={"pattern": LOCATION_PATTERN}), AfterValidator(_check_location)
-]
-#: A folder to scan or to write into: local directory or s3://bucket[/prefix/].
-Prefix = Annotated[
-    str, Field(json_schema_extra={"pattern": PREFIX_PATTERN}), AfterValidator(_check_prefix)
-]
-#: A registry model name or a weights file that exists where the flow runs.
-ModelChoice = Annotated[
+# Where a run happens (not what it produces): shared by every flow's form.
+ProfileParam = Annotated[
     str,
-    Field(json_schema_extra={"pattern": MODEL_PATTERN, "examples": list(REGISTRY_NAMES)}),
-    AfterValidator(_check_model),
+    Field(
+        min_length=1,
+        max_length=64,
+        description="Where the upscaling runs: local (this machine) or slurm (GPU jobs on "
+        "the cluster); more in deployments/profiles.yaml.",
+    ),
+]
+WorkDirParam = Annotated[
+    str,
+    Field(
+        max_length=4096,
+        description="Scratch space for finished pieces, so a rerun resumes where a crash "
+        "stopped: a local folder or s3://bucket/prefix/. Empty: .vsrflow-work beside the "
+        "output (or $VSRFLOW_WORK_DIR).",
+    ),
+]
+CredentialsParam = Annotated[
+    str,
+    Field(
+        max_length=256,
+        description="Name of a saved AWS Credentials block (Blocks page) used for every "
+        "s3:// location; its client parameters hold the endpoint of S3-compatible stores. "
+        "Empty: the AWS_* environment of the machine that runs the job.",
+    ),
+]
+KeepChunksParam = Annotated[
+    bool,
+    Field(
+        description="Keep the finished pieces after publishing (a rerun then recomputes "
+        "nothing); off frees the scratch space."
+    ),
 ]
 
 

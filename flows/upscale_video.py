@@ -1,45 +1,51 @@
-"""The upscale-video flow: probe -> plan -> upscale batches (mapped) -> assemble -> publish."""
+"""The upscale-video flow: probe -> plan -> upscale batches (mapped) -> assemble -> publish.
+
+The flow only composes tasks; every I/O step (lease, probe, planning with the chunk check,
+batches, assembly, clean-up, report) is a task with its own retries and state in the UI.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 from uuid import UUID
 
 import dask
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Crashed
 from pydantic import Field
 
 from deployments.profiles import Profile, get_profile
-from flows.params import Location, ModelChoice, form_descriptions
+from flows.params import (
+    CredentialsParam,
+    KeepChunksParam,
+    ProfileParam,
+    VideoOutput,
+    VideoSource,
+    WorkDirParam,
+    form_descriptions,
+)
 from tasks.artifacts import publish_report, report_progress, start_progress
+from tasks.lease import acquire_lease, release_lease
 from tasks.media import assemble_output, plan_job, probe_source
-from tasks.storage import locations_for, result_storage_for
-from tasks.upscale import chunk_is_present, upscale_batch
+from tasks.storage import result_storage_for
+from tasks.upscale import remove_chunks, upscale_batch
 from vsrflow import PIPELINE_VERSION, storage
 from vsrflow.compare import middle_frame
-from vsrflow.engine_settings import ENGINE_DEFAULTS
 from vsrflow.job import JobPlan, UpscaleJob
-from vsrflow.lease import OutputLease
-from vsrflow.locations import Locations
 from vsrflow.media.assemble import AssemblyReport
-from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo
-from vsrflow.models import model_for_content
 from vsrflow.pipeline import BatchResult
 from vsrflow.plan import Batch
 from vsrflow.report import BatchCounts, MediaSide, RunSummary, worker_label
+from vsrflow.results import BatchOutcome, VideoResult
+from vsrflow.settings import UpscaleSettings
 
 WORK_DIR_ENV = "VSRFLOW_WORK_DIR"
 #: Names a Prefect global concurrency limit (the deployments set vsrflow-gpu): each run holds
@@ -51,9 +57,13 @@ GPU_LIMIT_ENV = "VSRFLOW_GPU_LIMIT"
 WORKER_LOSS_RESUBMITS = 3
 _WORKER_LOSS = ("KilledWorker", "CancelledError", "FutureCancelledError", "CommClosedError")
 
-Content = Literal["anime", "real", "general"]
-Codec = Literal["h264", "hevc", "av1", "prores", "ffv1"]
-PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+SettingsParam = Annotated[
+    UpscaleSettings,
+    Field(
+        description="What the output will be: model, size, precision and tiles, codec and "
+        "quality, batch length. Every field has a tested default."
+    ),
+]
 
 
 def default_work_dir(output_path: str) -> str:
@@ -80,9 +90,12 @@ def upscale_batches(
     credentials_block: str | None = None,
     batch_resources: dict[str, float] | None = None,
     progress_artifact_id: UUID | None = None,
-) -> dict[str, Any]:
+) -> BatchOutcome:
     """Submit every batch to the profile's task runner; count cached vs computed batches and
-    update the progress artifact ``progress_artifact_id`` (if given) as each one finishes."""
+    update the progress artifact ``progress_artifact_id`` (if given) as each one finishes.
+
+    A batch whose chunk planning did not find is recomputed even if a cache record exists
+    (a record without its chunk must not be trusted)."""
     logger = get_run_logger()
     task = upscale_batch.with_options(
         result_storage=result_storage_for(work_dir, credentials_block)
@@ -93,11 +106,7 @@ def upscale_batches(
         with dask.annotate(resources=batch_resources or {}):
             return runner.submit(plan.video, batch, job, plan.out_size, work_dir, credentials_block)
 
-    # A cache record without its chunk must not be trusted: recompute and overwrite it.
-    futures = {
-        b.index: submit(b, not chunk_is_present(work_dir, b, credentials_block))
-        for b in plan.batches
-    }
+    futures = {b.index: submit(b, b.index not in plan.present_chunks) for b in plan.batches}
     resubmits = dict.fromkeys(futures, 0)
     results: dict[int, BatchResult] = {}
     cached = 0
@@ -124,190 +133,47 @@ def upscale_batches(
                     len(results), len(plan.batches), cached, sum(resubmits.values())
                 )
                 report_progress(progress_artifact_id, counts)
-    ordered = [results[b.index] for b in plan.batches]
-    return {
-        "results": ordered,
-        "cached": cached,
-        "computed": len(ordered) - cached,
-        "resubmitted": sum(resubmits.values()),
-    }
+    ordered = tuple(results[b.index] for b in plan.batches)
+    return BatchOutcome(ordered, cached, len(ordered) - cached, sum(resubmits.values()))
 
 
 @flow(name="upscale-video", log_prints=True)
 @form_descriptions
 def upscale_video(
     input_path: Annotated[
-        Location,
+        VideoSource,
         Field(
-            description="Source video: a local path or s3://bucket/key (mp4, mkv, mov, webm...)."
+            description="Source video: a local path or s3://bucket/key (mp4, mkv, mov, "
+            "webm, ts...)."
         ),
     ],
     output_path: Annotated[
-        Location,
+        VideoOutput,
         Field(
-            description="Where to publish: a local path or s3://bucket/key; .mp4, "
-            ".mkv or .mov. A manifest JSON is written beside it."
+            description="Where to publish: a local path or s3://bucket/key ending in .mp4, "
+            ".mkv or .mov. <output>.manifest.json is written beside it."
         ),
     ],
-    content: Annotated[
-        Content,
-        Field(
-            description="Content preset picking the model when `model` is empty: anime -> "
-            "realesr-animevideov3, real -> RealESRGAN_x4plus, general -> "
-            "realesr-general-x4v3."
-        ),
-    ] = "anime",
-    model: Annotated[
-        ModelChoice | None,
-        Field(
-            description="Registry model name (see `vsrflow models list`) or a path to a "
-            "spandrel-compatible .pth/.safetensors file; overrides `content`."
-        ),
-    ] = None,
-    denoise_strength: Annotated[
-        float,
-        Field(
-            ge=0.0,
-            le=1.0,
-            description="realesr-general-x4v3 only: 1 = no extra "
-            "denoising, 0 = strongest (wdn blend).",
-        ),
-    ] = 1.0,
-    outscale: Annotated[
-        float | None,
-        Field(gt=0.0, le=16.0, description="Final scale factor; the model's own scale when empty."),
-    ] = None,
-    target_height: Annotated[
-        int | None,
-        Field(
-            ge=16,
-            le=8640,
-            description="Final height in pixels (aspect kept); exclusive with outscale.",
-        ),
-    ] = None,
-    codec: Annotated[Codec, Field(description="Output video codec.")] = "h264",
-    crf: Annotated[
-        int | None,
-        Field(
-            ge=0,
-            le=63,
-            description="Quality (lower is better); codec default when empty (h264: 18).",
-        ),
-    ] = None,
-    encoder_preset: Annotated[
-        str | None,
-        Field(
-            description="Encoder speed preset; codec default when empty (h264: veryfast, "
-            "measured in bench/). x264/x265: ultrafast..veryslow; svt-av1: 0..13."
-        ),
-    ] = None,
-    precision: Annotated[
-        PrecisionChoice,
-        Field(description="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."),
-    ] = "auto",
-    tile: Annotated[
-        int,
-        Field(
-            ge=0,
-            le=4096,
-            description="Tile size in input pixels, 0 = whole frames. "
-            "Use on GPUs with little memory.",
-        ),
-    ] = ENGINE_DEFAULTS.tile,
-    tile_pad: Annotated[
-        int, Field(ge=0, le=256, description="Overlap around each tile.")
-    ] = ENGINE_DEFAULTS.tile_pad,
-    micro_batch: Annotated[
-        int, Field(ge=1, le=64, description="Frames per forward pass.")
-    ] = ENGINE_DEFAULTS.micro_batch,
-    compile_model: Annotated[
-        bool,
-        Field(
-            description="torch.compile the model once per worker process: measured +9-25 % "
-            "frames/s on CPU after 2-12 s of compiling; pays off from a few hundred frames "
-            "per worker (bench/README.md)."
-        ),
-    ] = ENGINE_DEFAULTS.compile,
-    batch_frames: Annotated[
-        int | None,
-        Field(ge=1, description="Frames per batch (one task each); overrides batch_seconds."),
-    ] = None,
-    batch_seconds: Annotated[
-        float, Field(gt=0.0, le=3600.0, description="Seconds of video per batch.")
-    ] = 4.0,
-    profile: Annotated[
-        str, Field(description="Compute profile from deployments/profiles.yaml (local, ...).")
-    ] = "local",
-    work_dir: Annotated[
-        str | None,
-        Field(
-            description="Chunks, cached results and progress; default "
-            "$VSRFLOW_WORK_DIR or .vsrflow-work beside the output."
-        ),
-    ] = None,
-    credentials_block: Annotated[
-        str | None,
-        Field(
-            description="Name of a saved prefect-aws AwsCredentials block for "
-            "s3:// locations (endpoint URL for S3-compatible "
-            "stores in its client parameters); empty: the AWS_* "
-            "environment."
-        ),
-    ] = None,
-    keep_chunks: Annotated[
-        bool,
-        Field(
-            description="Keep batch chunks after publishing (a rerun then recomputes "
-            "nothing); off frees the scratch space."
-        ),
-    ] = False,
-) -> dict[str, Any]:
+    settings: SettingsParam = UpscaleSettings(),  # noqa: B008 (frozen; Prefect copies it)
+    profile: ProfileParam = "local",
+    work_dir: WorkDirParam = "",
+    credentials_block: CredentialsParam = "",
+    keep_chunks: KeepChunksParam = False,
+) -> VideoResult:
     """Upscale a video: exact frames and timestamps, every audio/subtitle stream kept."""
     work = work_dir or default_work_dir(output_path)
-    job = UpscaleJob(
-        model=model or model_for_content(content),
-        denoise_strength=denoise_strength,
-        outscale=outscale,
-        target_height=target_height,
-        engine=dataclasses.replace(
-            ENGINE_DEFAULTS,
-            precision=precision,
-            tile=tile,
-            tile_pad=tile_pad,
-            micro_batch=micro_batch,
-            compile=compile_model,
-        ),
-        encoder=EncoderSettings(codec=codec, quality=crf, speed=encoder_preset),
-    )
+    creds = credentials_block or None
     compute = get_profile(profile)
     if compute.needs_api_server and not PREFECT_API_URL.value():
         raise ValueError(
             f"profile {profile!r} runs batches in separate worker processes: start a Prefect "
             "server and set PREFECT_API_URL (workers must report to one real server)"
         )
-    locations = locations_for(credentials_block)
-    lease = OutputLease(locations, work, output_path, owner=str(flow_run.id))
-    dead = lease.acquire()
-    if dead is not None:
-        mark_crashed(
-            dead.owner,
-            f"its process stopped renewing the lease on {output_path}; run {flow_run.id} took over",
-        )
+    lease = acquire_lease(output_path, work, str(flow_run.id), creds)
     try:
-        return _run_job(
-            input_path,
-            output_path,
-            job,
-            compute,
-            work,
-            locations,
-            credentials_block,
-            batch_frames,
-            batch_seconds,
-            keep_chunks,
-        )
+        return _run_job(input_path, output_path, settings, compute, work, creds, keep_chunks)
     finally:
-        lease.release()
+        release_lease(lease)
 
 
 def _gpu_slot() -> contextlib.AbstractContextManager[object]:
@@ -317,48 +183,24 @@ def _gpu_slot() -> contextlib.AbstractContextManager[object]:
     return concurrency(name, occupy=1) if name else contextlib.nullcontext()
 
 
-def mark_crashed(flow_run_id: str, reason: str) -> None:
-    """Mark a flow run whose process died as Crashed (it would stay "Running" forever)."""
-    logger = get_run_logger()
-    with get_client(sync_client=True) as client:
-        try:
-            stale = client.read_flow_run(UUID(flow_run_id))
-        except (ObjectNotFound, ValueError):
-            return
-        if stale.state is not None and not stale.state.is_final():
-            client.set_flow_run_state(stale.id, Crashed(message=reason), force=True)
-            logger.warning("marked run %s Crashed: %s", flow_run_id, reason)
-
-
 def _run_job(
     input_path: str,
     output_path: str,
-    job: UpscaleJob,
+    settings: UpscaleSettings,
     compute: Profile,
     work: str,
-    locations: Locations,
     credentials_block: str | None,
-    batch_frames: int | None,
-    batch_seconds: float,
     keep_chunks: bool,
-) -> dict[str, Any]:
+) -> VideoResult:
     """probe -> plan -> upscale batches -> assemble + publish, with timings and a manifest."""
     logger = get_run_logger()
+    job = UpscaleJob.from_settings(settings)
     timings: dict[str, float] = {}
-    profile = compute.name
     t0 = time.perf_counter()
     info = probe_source(input_path, credentials_block)
     timings["probe"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan = plan_job(
-        info,
-        job,
-        output_path,
-        work,
-        credentials_block,
-        frames_per_batch=batch_frames,
-        seconds_per_batch=batch_seconds,
-    )
+    plan = plan_job(info, settings, output_path, work, credentials_block)
     timings["plan"] = time.perf_counter() - t0
     logger.info(
         "%d frames in %d batches -> %dx%d with %s on profile %s",
@@ -366,7 +208,7 @@ def _run_job(
         len(plan.batches),
         *plan.out_size,
         job.model,
-        profile,
+        compute.name,
     )
 
     t0 = time.perf_counter()
@@ -376,34 +218,21 @@ def _run_job(
             plan, job, work, credentials_block, compute.batch_resources, progress
         )
     timings["upscale"] = time.perf_counter() - t0
-    results: list[BatchResult] = outcome["results"]
-
+    results = outcome.results
+    workers = tuple(sorted({f"{r.host}/{r.slurm_job_id or '-'}" for r in results}))
     manifest = {
         "vsrflow_pipeline": PIPELINE_VERSION,
         "source": input_path,
         "source_identity": plan.source_sha256,
         "source_bytes": info.size_bytes,
-        "parameters": {
-            "model": job.model,
-            "denoise_strength": job.denoise_strength,
-            "outscale": job.outscale,
-            "target_height": job.target_height,
-            "codec": job.encoder.codec,
-            "crf": job.encoder.quality,
-            "encoder_preset": job.encoder.speed,
-            "precision": job.engine.precision,
-            "tile": job.engine.tile,
-            "tile_pad": job.engine.tile_pad,
-            "micro_batch": job.engine.micro_batch,
-            "compile_model": job.engine.compile,
-            "profile": profile,
-        },
+        "model": job.model,
+        "parameters": {**settings.parameters(), "profile": compute.name},
         "weights_sha256": plan.weights_sha256,
         "out_size": list(plan.out_size),
         "batches": len(plan.batches),
-        "batches_cached": outcome["cached"],
-        "batches_computed": outcome["computed"],
-        "workers": sorted({f"{r.host}/{r.slurm_job_id or '-'}" for r in results}),
+        "batches_cached": outcome.cached,
+        "batches_computed": outcome.computed,
+        "workers": list(workers),
     }
     t0 = time.perf_counter()
     report = assemble_output(
@@ -415,16 +244,15 @@ def _run_job(
     )
     timings["assemble"] = time.perf_counter() - t0
     if not keep_chunks:
-        for result in results:
-            locations.remove(result.chunk)
+        remove_chunks([r.chunk for r in results], credentials_block)
     logger.info(
         "published %s: %d frames, %d batches computed, %d cached",
         report.path,
         report.frames,
-        outcome["computed"],
-        outcome["cached"],
+        outcome.computed,
+        outcome.cached,
     )
-    summary = _run_summary(info, plan, job, profile, outcome, report, timings)
+    summary = _run_summary(info, plan, job, compute.name, outcome, report, timings)
     frame_index, frame_time = middle_frame(info.video.pts, info.video.time_base)
     published = publish_report(
         summary, plan.video, frame_index, frame_time, credentials_block, return_state=True
@@ -434,17 +262,26 @@ def _run_job(
     else:  # the output is published: a missing report must not fail the run
         logger.warning("run report not published: %s", published.message)
         artifacts = {}
-    return {
-        **manifest,
-        "output": report.path,
-        "frames": report.frames,
-        "size_bytes": report.size_bytes,
-        "batch_results": [dataclasses.asdict(r) for r in results],
-        "resubmitted": outcome["resubmitted"],
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "work_dir": work,
-        "artifacts": artifacts,
-    }
+    return VideoResult(
+        output=report.path,
+        source=input_path,
+        frames=report.frames,
+        size_bytes=report.size_bytes,
+        out_size=plan.out_size,
+        model=job.model,
+        weights_sha256=plan.weights_sha256,
+        parameters=manifest["parameters"],
+        profile=compute.name,
+        batches=len(plan.batches),
+        batches_cached=outcome.cached,
+        batches_computed=outcome.computed,
+        resubmitted=outcome.resubmitted,
+        workers=workers,
+        seconds={k: round(v, 3) for k, v in timings.items()},
+        work_dir=work,
+        chunks_removed=not keep_chunks,
+        artifacts=artifacts,
+    )
 
 
 def _run_summary(
@@ -452,14 +289,14 @@ def _run_summary(
     plan: JobPlan,
     job: UpscaleJob,
     profile: str,
-    outcome: dict[str, Any],
+    outcome: BatchOutcome,
     report: AssemblyReport,
     timings: dict[str, float],
 ) -> RunSummary:
     """What the summary artifact shows (framework-free data; rendering is in vsrflow.report)."""
     video = info.video
     fps = float(video.average_rate) if video.average_rate else None
-    results: list[BatchResult] = outcome["results"]
+    results = outcome.results
     return RunSummary(
         source=MediaSide(
             info.path,
@@ -480,8 +317,8 @@ def _run_summary(
         codec=job.encoder.codec,
         seconds={k: round(v, 3) for k, v in timings.items()},
         batches=len(plan.batches),
-        cached=outcome["cached"],
-        computed=outcome["computed"],
-        resubmitted=outcome["resubmitted"],
+        cached=outcome.cached,
+        computed=outcome.computed,
+        resubmitted=outcome.resubmitted,
         workers=tuple(sorted({worker_label(r.host, r.slurm_job_id) for r in results})),
     )

@@ -8,7 +8,7 @@ from prefect import task
 
 from tasks.caching import KeyedBy
 from tasks.upscale import upscaler_for
-from vsrflow.images import AlphaMode, ImageResult, upscale_image_file
+from vsrflow.images import ImageResult, upscale_image_file
 from vsrflow.job import UpscaleJob
 
 
@@ -20,9 +20,7 @@ from vsrflow.job import UpscaleJob
     cache_policy=KeyedBy(parameter="key", prefix="upscale-image-"),
     persist_result=True,
 )
-def upscale_image(
-    source: Path, output: Path, job: UpscaleJob, alpha_mode: AlphaMode, key: str
-) -> ImageResult:
+def upscale_image(source: Path, output: Path, job: UpscaleJob, key: str) -> ImageResult:
     """Upscale ``source`` into ``output`` (atomic write)."""
     return upscale_image_file(
         source,
@@ -30,5 +28,5 @@ def upscale_image(
         upscaler_for(job),
         outscale=job.outscale,
         target_height=job.target_height,
-        alpha_mode=alpha_mode,
+        alpha_mode=job.alpha_mode,  # type: ignore[arg-type]
     )

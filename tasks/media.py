@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import retry_transient
 from tasks.storage import locations_for
+from tasks.upscale import chunk_location
 from vsrflow.errors import redacting
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import (
@@ -21,6 +22,7 @@ from vsrflow.media.assemble import (
 from vsrflow.media.probe import DEFAULT_MAX_PIXELS, MediaInfo, probe
 from vsrflow.models import get_model
 from vsrflow.progress import write_listing
+from vsrflow.settings import UpscaleSettings
 
 
 @task(
@@ -55,15 +57,15 @@ def probe_source(
 )
 def plan_job(
     info: MediaInfo,
-    job: UpscaleJob,
+    settings: UpscaleSettings,
     output_path: str,
     work_dir: str,
     credentials_block: str | None = None,
-    frames_per_batch: int | None = None,
-    seconds_per_batch: float | None = None,
 ) -> JobPlan:
     """Resolve the weights (download + verify if needed), check the output container can hold
-    every stream, identify the source content and cut it into keyed batches."""
+    every stream, identify the source content, cut it into keyed batches and find which
+    batches' chunks the work dir already holds."""
+    job = UpscaleJob.from_settings(settings)
     locations = locations_for(credentials_block)
     with redacting():
         check_output_compatible(
@@ -76,12 +78,16 @@ def plan_job(
         weights_sha256=model.weights_sha256,
         model_scale=model.scale,
         source_sha256=locations.identity(info.path),
-        frames_per_batch=frames_per_batch,
-        seconds_per_batch=seconds_per_batch,
+        settings_identity=settings.output_identity(),
+        frames_per_batch=settings.batching.frames_or_none,
+        seconds_per_batch=settings.batching.seconds,
     )
     if not locations.is_remote(work_dir):
         write_listing(work_dir, output_path, [b.key for b in plan.batches], plan.frame_count)
-    return plan
+    present = frozenset(
+        b.index for b in plan.batches if locations.exists(chunk_location(work_dir, b))
+    )
+    return dataclasses.replace(plan, present_chunks=present)
 
 
 def manifest_location(output_path: str) -> str:

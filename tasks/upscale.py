@@ -10,10 +10,10 @@ trusted without its chunk.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.caching import KeyedBy
 from tasks.retry import retry_transient
@@ -21,20 +21,12 @@ from tasks.storage import locations_for
 from vsrflow.engine import Upscaler
 from vsrflow.errors import redacting
 from vsrflow.job import UpscaleJob
-from vsrflow.locations import Locations
 from vsrflow.media.probe import VideoParams
 from vsrflow.models import get_model
 from vsrflow.pipeline import BatchResult
 from vsrflow.pipeline import upscale_batch as run_batch
 from vsrflow.plan import Batch, chunk_name
 from vsrflow.progress import BatchProgress
-
-#: Chaos-testing hooks, unset in normal operation; each names comma-separated batch indices
-#: and fires once per batch and work directory. FAIL_ONCE raises in the task (proves task
-#: retries); CRASH_ONCE kills the worker process outright, as an OOM kill or a node failure
-#: would (proves the flow's recovery from lost workers / Dask's KilledWorker).
-FAIL_ONCE_ENV = "VSRFLOW_FAIL_BATCH_ONCE"
-CRASH_ONCE_ENV = "VSRFLOW_CRASH_BATCH_ONCE"
 
 _upscalers: dict[tuple[Any, ...], Upscaler] = {}
 
@@ -44,8 +36,19 @@ def chunk_location(work_dir: str, batch: Batch) -> str:
     return locations_for(None).join(work_dir, "chunks", chunk_name(batch))
 
 
-def chunk_is_present(work_dir: str, batch: Batch, credentials_block: str | None = None) -> bool:
-    return locations_for(credentials_block).exists(chunk_location(work_dir, batch))
+@task(
+    name="remove-chunks",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def remove_chunks(chunks: list[str], credentials_block: str | None = None) -> int:
+    """Free the scratch space of a published video (its chunks); returns how many."""
+    locations = locations_for(credentials_block)
+    for chunk in chunks:
+        locations.remove(chunk)
+    return len(chunks)
 
 
 def upscaler_for(job: UpscaleJob) -> Upscaler:
@@ -55,20 +58,6 @@ def upscaler_for(job: UpscaleJob) -> Upscaler:
     if key not in _upscalers:
         _upscalers[key] = Upscaler(model.descriptor, settings=job.engine, device=job.device)
     return _upscalers[key]
-
-
-def _inject_faults(batch: Batch, work_dir: str, locations: Locations) -> None:
-    for variable, kind in ((FAIL_ONCE_ENV, "fail"), (CRASH_ONCE_ENV, "crash")):
-        wanted = {s.strip() for s in os.environ.get(variable, "").split(",") if s.strip()}
-        if str(batch.index) not in wanted:
-            continue
-        marker = locations.join(work_dir, "faults", f"{batch.key}.{kind}.json")
-        if locations.exists(marker):
-            continue
-        locations.write_json(marker, {"batch": batch.index, "fault": kind})
-        if kind == "crash":
-            os._exit(70)
-        raise RuntimeError(f"injected failure of batch {batch.index} ({variable})")
 
 
 @task(
@@ -90,7 +79,6 @@ def upscale_batch(
 ) -> BatchResult:
     """Upscale one frame range into a chunk in ``work_dir``; result cached by batch key."""
     locations = locations_for(credentials_block)
-    _inject_faults(batch, work_dir, locations)
     target = chunk_location(work_dir, batch)
     progress = None
     if not locations.is_remote(work_dir):

@@ -15,6 +15,7 @@ from vsrflow.media.codecs import get_codec
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo, VideoParams
 from vsrflow.plan import Batch, plan_batches
+from vsrflow.settings import UpscaleSettings
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,20 @@ class UpscaleJob:
     device: str = "auto"
     engine: EngineSettings = field(default_factory=EngineSettings)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    alpha_mode: str = "model"
+
+    @classmethod
+    def from_settings(cls, settings: UpscaleSettings) -> UpscaleJob:
+        """The runtime form of the user's settings (what workers need, nothing more)."""
+        return cls(
+            model=settings.model.reference,
+            denoise_strength=settings.model.denoise_strength,
+            outscale=settings.size.outscale_or_none,
+            target_height=settings.size.target_height_or_none,
+            engine=settings.engine.engine(),
+            encoder=settings.encoder.encoder(),
+            alpha_mode=settings.alpha_mode,
+        )
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,9 @@ class JobPlan:
     weights_sha256: str
     source_sha256: str
     batches: tuple[Batch, ...]
+    #: Indices of batches whose chunk already exists in the work dir (found at planning):
+    #: only those may be answered from the cache; the others are recomputed.
+    present_chunks: frozenset[int] = frozenset()
 
     @property
     def frame_count(self) -> int:
@@ -52,10 +70,15 @@ def make_plan(
     weights_sha256: str,
     model_scale: int,
     source_sha256: str,
+    settings_identity: dict[str, object] | None = None,
     frames_per_batch: int | None = None,
     seconds_per_batch: float | None = None,
 ) -> JobPlan:
-    """Derive output geometry and batches; the settings identity keys every batch's cache."""
+    """Derive output geometry and batches; the settings identity keys every batch's cache.
+
+    ``settings_identity`` is :meth:`UpscaleSettings.output_identity` of the settings the job
+    was made from; the resolved weights hash, output size and encoder options are added here
+    (what the settings' "auto" values resolved to on this version)."""
     video = info.video
     out_size = output_geometry(
         video.width,
@@ -71,6 +94,7 @@ def make_plan(
         "out_size": list(out_size),
         "engine": job.engine.identity(),
         "encoder": job.encoder.identity(),
+        "settings": settings_identity or {},
     }
     batches = plan_batches(
         video,

@@ -1,0 +1,56 @@
+"""Tasks around the output lease: one run per output, and runs that died marked Crashed."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
+
+from tasks.retry import retry_transient
+from tasks.storage import locations_for
+from vsrflow.lease import OutputLease
+
+
+@task(
+    name="take-output-lease",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def acquire_lease(
+    output_path: str, work_dir: str, owner: str, credentials_block: str | None = None
+) -> OutputLease:
+    """Take the lease on ``output_path`` (renewed in the background until released); a run
+    whose process died holding it is marked Crashed (it would stay Running forever)."""
+    lease = OutputLease(locations_for(credentials_block), work_dir, output_path, owner=owner)
+    dead = lease.acquire()
+    if dead is not None:
+        mark_crashed(
+            dead.owner,
+            f"its process stopped renewing the lease on {output_path}; run {owner} took over",
+        )
+    return lease
+
+
+@task(name="release-output-lease", cache_policy=NO_CACHE, persist_result=False)
+def release_lease(lease: OutputLease) -> None:
+    lease.release()
+
+
+def mark_crashed(flow_run_id: str, reason: str) -> None:
+    """Mark a flow run whose process died as Crashed (prefect#12969)."""
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        try:
+            stale = client.read_flow_run(UUID(flow_run_id))
+        except (ObjectNotFound, ValueError):
+            return
+        if stale.state is not None and not stale.state.is_final():
+            client.set_flow_run_state(stale.id, Crashed(message=reason), force=True)
+            logger.warning("marked run %s Crashed: %s", flow_run_id, reason)

@@ -1,0 +1,133 @@
+"""What the flows return: small typed records instead of dicts with status strings.
+
+Framework-free and JSON-able (``as_json``), so the CLI prints them, tests read attributes and
+Prefect persists them like any other result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the pipeline imports torch; control flows import this module
+    from vsrflow.pipeline import BatchResult
+
+
+def as_json(record: Any) -> Any:
+    """A dataclass record (nested records, enums, tuples) as plain JSON values."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: as_json(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, enum.Enum):
+        return record.value
+    if isinstance(record, dict):
+        return {str(k): as_json(v) for k, v in record.items()}
+    if isinstance(record, list | tuple):
+        return [as_json(v) for v in record]
+    return record
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The batch stage of one video: results in batch order and how they came about."""
+
+    results: tuple[BatchResult, ...]
+    cached: int
+    computed: int
+    resubmitted: int
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """One published video."""
+
+    output: str
+    source: str
+    frames: int
+    size_bytes: int
+    out_size: tuple[int, int]
+    model: str
+    weights_sha256: str
+    #: The settings as recorded in the manifest (``UpscaleSettings.parameters()``).
+    parameters: dict[str, Any]
+    profile: str
+    batches: int
+    batches_cached: int
+    batches_computed: int
+    resubmitted: int
+    workers: tuple[str, ...]
+    seconds: dict[str, float]
+    work_dir: str
+    #: Whether the work dir's chunks were removed after publishing.
+    chunks_removed: bool
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageStatus(enum.Enum):
+    COMPUTED = "computed"
+    CACHED = "cached"
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    source: str
+    output: str
+    status: ImageStatus
+
+
+@dataclass(frozen=True)
+class ImagesResult:
+    """One image or a folder of images."""
+
+    images: tuple[ImageEntry, ...]
+    model: str
+    weights_sha256: str
+    parameters: dict[str, Any]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [entry.output for entry in self.images]
+
+    @property
+    def computed(self) -> int:
+        return sum(entry.status is ImageStatus.COMPUTED for entry in self.images)
+
+    @property
+    def cached(self) -> int:
+        return sum(entry.status is ImageStatus.CACHED for entry in self.images)
+
+
+class VideoStatus(enum.Enum):
+    """What an archive run did about one source video."""
+
+    LAUNCHED = "launched"
+    UP_TO_DATE = "up to date"
+    CLAIMED_ELSEWHERE = "claimed by another run"
+    GAVE_UP = "gave up"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    NOT_STARTED = "not started (max_videos reached)"
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    source: str
+    output: str
+    status: VideoStatus
+    reason: str = ""
+    flow_run_id: str | None = None
+    attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """One backfill or watch run: every candidate video and what happened to it."""
+
+    kind: str
+    candidates: int
+    entries: tuple[ArchiveEntry, ...]
+    artifact: str | None = None
+
+    def with_status(self, *statuses: VideoStatus) -> list[ArchiveEntry]:
+        return [e for e in self.entries if e.status in statuses]
