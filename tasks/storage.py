@@ -5,14 +5,28 @@ Credentials reach the core only here: a flow parameter names a saved prefect-aws
 itself. No secret is ever a flow or task parameter, so none is stored with a run, shown in the
 UI or put in an artifact. Without a block, boto3's usual environment variables are used
 (``AWS_ACCESS_KEY_ID``..., endpoint from ``VSRFLOW_S3_ENDPOINT``/``AWS_ENDPOINT_URL_S3``).
+
+The S3 client for a block is built by prefect-aws's own pieces, not by copying fields over:
+``AwsCredentials.get_boto3_session()`` (keys, session token, ``profile_name``, an assumed
+``assume_role_arn``) and ``aws_client_parameters.get_params_override()`` (endpoint, ``verify``
+/ ``verify_cert_path``, ``use_ssl``, ``api_version``, the botocore ``config``). vsrflow's
+botocore defaults (SigV4, path-style addressing, standard retries, timeouts) go underneath the
+block's ``config``, so a block that says nothing still works with SeaweedFS/MinIO-style
+servers and one that says something wins. ``AwsCredentials.get_s3_client()`` itself is not
+called: its client cache is process-global and not fork-aware, and it would drop those
+defaults; vsrflow.storage memoises the client per process instead.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from botocore.client import BaseClient
+from botocore.config import Config
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
@@ -21,21 +35,48 @@ from vsrflow.locations import Locations
 from vsrflow.storage import S3Config
 
 
+@dataclass(frozen=True)
+class BlockClientFactory:
+    """A :data:`vsrflow.storage.ClientFactory` for an ``AwsCredentials`` block.
+
+    Hashable and equal by the block's fields (the block defines ``__hash__``), so one config
+    per block keys one client per process; picklable with the block. The block, which holds
+    secrets and prints the session token in its repr, stays out of ``repr``.
+    """
+
+    credentials: AwsCredentials = field(repr=False)
+
+    def __call__(self, defaults: Config) -> BaseClient:
+        block = self.credentials
+        params = block.aws_client_parameters.get_params_override()
+        params["config"] = storage.merge_botocore_config(defaults, params.get("config"))
+        if isinstance(params.get("verify"), os.PathLike):  # verify_cert_path is a FilePath
+            params["verify"] = os.fspath(params["verify"])
+        if block.region_name is not None:
+            params["region_name"] = block.region_name
+        return block.get_boto3_session().client("s3", **params)
+
+
+def s3_config_for_block(credentials: AwsCredentials, name: str | None = None) -> S3Config:
+    """The S3Config whose client is built from ``credentials`` (a loaded or in-memory block).
+
+    Endpoint, region and access key id are copied only to label messages (the key as its
+    last 4 characters); ``name`` names the block in them.
+    """
+    label = f"AwsCredentials block {name!r}" if name else "the AwsCredentials block"
+    return S3Config(
+        endpoint_url=credentials.aws_client_parameters.endpoint_url,
+        region=credentials.region_name,
+        access_key_id=credentials.aws_access_key_id,
+        client_factory=BlockClientFactory(credentials),
+        credentials_source=label,
+    )
+
+
 @functools.cache
 def _s3_config(credentials_block: str) -> S3Config:
-    creds = AwsCredentials.load(credentials_block, _sync=True)
-    secret = creds.aws_secret_access_key
-    token = creds.aws_session_token
-    client = creds.aws_client_parameters
-    config = (client.config or {}) if client else {}
-    return S3Config(
-        endpoint_url=client.endpoint_url if client else None,
-        region=creds.region_name,
-        access_key_id=creds.aws_access_key_id,
-        secret_access_key=secret.get_secret_value() if secret else None,
-        session_token=token.get_secret_value() if token else None,
-        addressing_style=(config.get("s3") or {}).get("addressing_style", "path"),
-    )
+    block = AwsCredentials.load(credentials_block, _sync=True)
+    return s3_config_for_block(block, credentials_block)
 
 
 def locations_for(credentials_block: str | None) -> Locations:

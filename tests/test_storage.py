@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import av
+import boto3
 import infra
 import pytest
+from botocore.config import Config
 
 from vsrflow import storage
 from vsrflow.errors import (
@@ -176,6 +178,50 @@ def test_client_is_memoised_per_config_and_thread_safe(cfg: S3Config) -> None:
     assert S3Config.from_env({}, endpoint_url=cfg.endpoint_url, max_attempts=2).client() is (
         other.client()
     )
+
+
+def test_client_factory_is_called_once_with_the_defaults(
+    s3_env: dict[str, str], prefix: str
+) -> None:
+    """An injected factory (what tasks.storage does for AwsCredentials blocks) builds the
+    client once per process and config, gets vsrflow's botocore defaults, and messages name
+    the credentials source instead of environment variables."""
+    seen: list[Config] = []
+
+    def factory(defaults: Config) -> Any:
+        seen.append(defaults)
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=s3_env["VSRFLOW_S3_ENDPOINT"],
+            region_name="us-east-1",
+            aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+            config=storage.merge_botocore_config(defaults, Config(connect_timeout=2)),
+        )
+
+    custom = S3Config(
+        endpoint_url=s3_env["VSRFLOW_S3_ENDPOINT"],
+        client_factory=factory,
+        credentials_source="the test factory",
+        max_attempts=3,
+    )
+    threads = [threading.Thread(target=custom.client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 1
+    assert seen[0].s3 == {"addressing_style": "path"} and seen[0].signature_version == "s3v4"
+    assert seen[0].retries == {"mode": "standard", "total_max_attempts": 3}
+    config = custom.client().meta.config
+    assert (config.connect_timeout, config.read_timeout) == (2, 60)
+    uri = storage.join_uri(prefix, "f.json")
+    storage.put_json(uri, {"ok": True}, custom)
+    assert storage.get_json(uri, custom) == {"ok": True}
+    assert custom.key_hint == "from the test factory"
+    missing = storage.join_uri(f"s3://vsrflow-missing-{uuid.uuid4().hex[:8]}", "x")
+    with pytest.raises(BucketNotFoundError):
+        storage.head(missing, custom)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ Outputs are published atomically (:func:`publish_file`): uploaded under a tempor
 optionally verified by the caller through a presigned URL, then copied server-side to the final
 key. A reader never sees a half-written output, and a failed publish leaves nothing behind.
 
-URIs are ``s3://bucket/key``; the endpoint and credentials come from :class:`S3Config`
-(``S3Config.from_env()`` reads the usual AWS variables plus ``VSRFLOW_S3_ENDPOINT``).
+URIs are ``s3://bucket/key``; the endpoint and credentials come from :class:`S3Config`:
+``S3Config.from_env()`` reads the usual AWS variables plus ``VSRFLOW_S3_ENDPOINT``, and a
+config with a ``client_factory`` gets its boto3 client from elsewhere (``tasks.storage`` builds
+one from a prefect-aws ``AwsCredentials`` block the way prefect-aws does: profiles, assumed
+roles, session tokens, TLS settings), so this module stays free of Prefect.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from vsrflow.errors import (
 )
 
 __all__ = [
+    "ClientFactory",
     "ObjectInfo",
     "S3Config",
     "delete",
@@ -56,6 +60,7 @@ __all__ = [
     "is_s3_uri",
     "join_uri",
     "list_objects",
+    "merge_botocore_config",
     "parse_s3_uri",
     "presigned_get",
     "publish_file",
@@ -85,6 +90,12 @@ _ENDPOINT_VARS: Final = ("VSRFLOW_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDP
 # Configuration and clients
 
 
+#: Builds the boto3 S3 client of an :class:`S3Config` that has one (see ``client_factory``).
+#: It is called with vsrflow's botocore defaults (:meth:`S3Config.botocore_config`) and should
+#: apply them under its own settings (``merge_botocore_config(defaults, its_config)``).
+ClientFactory = Callable[[Config], BaseClient]
+
+
 @dataclass(frozen=True)
 class S3Config:
     """Where and how to reach the object store. Frozen and hashable: it keys the client memo.
@@ -92,6 +103,16 @@ class S3Config:
     ``None`` for the endpoint means AWS itself; ``None`` credentials mean boto3's default chain
     (environment, profile, instance role). Secrets are left out of ``repr`` so a config can be
     logged or shown in a Prefect parameter without leaking them.
+
+    With ``client_factory`` the client comes from that callable instead (once per process and
+    config, like every client here): credentials, profile, role, TLS verification and any
+    botocore setting are the factory's business, and ``secret_access_key`` / ``session_token``
+    must stay unset. ``endpoint_url``, ``region`` and ``access_key_id`` then only label
+    messages, and ``addressing_style``, ``max_attempts`` and the timeouts are the defaults the
+    factory receives. ``credentials_source`` names where the credentials come from in error
+    messages (e.g. ``"AwsCredentials block 'archive-s3'"``); ``None`` means the environment.
+    The factory must be hashable (it is part of the config's identity) and, for configs sent
+    to other processes, picklable.
     """
 
     endpoint_url: str | None = None
@@ -103,6 +124,8 @@ class S3Config:
     max_attempts: int = 5
     connect_timeout: float = 5
     read_timeout: float = 60
+    client_factory: ClientFactory | None = field(default=None, repr=False)
+    credentials_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.addressing_style not in _ADDRESSING_STYLES:
@@ -114,6 +137,11 @@ class S3Config:
             raise ValueError(f"max_attempts must be >= 1, not {self.max_attempts}")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("connect_timeout and read_timeout must be > 0 seconds")
+        if self.client_factory is not None and (self.secret_access_key or self.session_token):
+            raise ValueError(
+                "an S3Config with a client_factory takes its credentials from the factory; "
+                "leave secret_access_key and session_token unset"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> S3Config:
@@ -147,13 +175,28 @@ class S3Config:
         thread-safe to use but not to create, and each one costs ~50 ms and a connection pool)."""
         return _client_for(self)
 
+    def botocore_config(self, override: Config | None = None) -> Config:
+        """vsrflow's botocore settings, with ``override``'s explicit settings on top.
+
+        Defaults: SigV4, this config's addressing style, standard retries with
+        ``max_attempts`` attempts in all, and the timeouts. ``override`` wins key by key, and
+        inside the ``s3`` dict too (so ``{"s3": {"use_accelerate_endpoint": True}}`` keeps the
+        path-style default); its ``retries`` dict replaces ours whole.
+        """
+        defaults = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": self.addressing_style},
+            # total_max_attempts counts the first try; botocore's "max_attempts" counts retries.
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        )
+        return merge_botocore_config(defaults, override)
+
     @property
     def key_hint(self) -> str:
         """The access key id reduced to what may appear in messages: its last 4 characters."""
-        key = self.access_key_id
-        if not key:
-            return "from the default AWS credential chain"
-        return "..." + key[-4:] if len(key) > 8 else "(short key, hidden)"
+        return _hint_for_key(self.access_key_id, self.credentials_source)
 
     @property
     def endpoint_label(self) -> str:
@@ -161,20 +204,32 @@ class S3Config:
         return self.endpoint_url or f"AWS S3 (region {self.region or 'default'})"
 
 
+def merge_botocore_config(defaults: Config, override: Config | None) -> Config:
+    """``defaults`` with ``override``'s explicit settings on top, the ``s3`` dict merged key by
+    key (botocore's own ``Config.merge`` would replace it whole)."""
+    if override is None:
+        return defaults
+    merged = defaults.merge(override)
+    if defaults.s3 and override.s3:
+        merged = merged.merge(Config(s3={**defaults.s3, **override.s3}))
+    return merged
+
+
+def _hint_for_key(key: str | None, source: str | None) -> str:
+    if not key:
+        return f"from {source}" if source else "from the default AWS credential chain"
+    return "..." + key[-4:] if len(key) > 8 else "(short key, hidden)"
+
+
 _clients: dict[tuple[int, S3Config], BaseClient] = {}
 _clients_lock = threading.Lock()
 
 
 def _new_client(config: S3Config) -> BaseClient:
-    """Create a client in its own boto3 session: the default session is not thread-safe."""
-    botocore_config = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": config.addressing_style},
-        # total_max_attempts counts the first try; botocore's "max_attempts" key counts retries.
-        retries={"mode": "standard", "total_max_attempts": config.max_attempts},
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-    )
+    """Create a client in its own boto3 session (the default session is not thread-safe), or
+    through the config's factory."""
+    if config.client_factory is not None:
+        return config.client_factory(config.botocore_config())
     return boto3.session.Session().client(
         "s3",
         endpoint_url=config.endpoint_url,
@@ -182,7 +237,7 @@ def _new_client(config: S3Config) -> BaseClient:
         aws_access_key_id=config.access_key_id,
         aws_secret_access_key=config.secret_access_key,
         aws_session_token=config.session_token,
-        config=botocore_config,
+        config=config.botocore_config(),
     )
 
 
@@ -197,6 +252,46 @@ def _client_for(config: S3Config) -> BaseClient:
                 del _clients[stale]
             client = _clients[(pid, config)] = _new_client(config)
         return client
+
+
+def _built_client(config: S3Config) -> BaseClient | None:
+    """This process's client for ``config`` if it exists already (error paths must not build
+    one: building may be what failed)."""
+    with _clients_lock:
+        return _clients.get((os.getpid(), config))
+
+
+def _used_credentials(config: S3Config) -> tuple[str | None, str | None, str | None]:
+    """(access key id, secret, token) the client actually signs with, as far as known.
+
+    A factory's client may have credentials this config never saw (profile, assumed role);
+    botocore only exposes them through the private ``_get_credentials``, hence the caution.
+    """
+    access, secret, token = config.access_key_id, config.secret_access_key, config.session_token
+    client = _built_client(config)
+    getter = getattr(client, "_get_credentials", None)
+    if getter is not None:
+        try:
+            frozen = getter().get_frozen_credentials()
+        except Exception:  # no credentials resolved, or a botocore change: keep the config's
+            return access, secret, token
+        access = frozen.access_key or access
+        secret = frozen.secret_key or secret
+        token = frozen.token or token
+    return access, secret, token
+
+
+def _max_attempts(config: S3Config) -> int:
+    """HTTP attempts per call (first one included) of the client in use."""
+    client = _built_client(config)
+    retries = dict(getattr(getattr(client, "meta", None), "config", Config()).retries or {})
+    if "total_max_attempts" in retries:
+        return int(retries["total_max_attempts"])
+    if "max_attempts" in retries:
+        return int(retries["max_attempts"]) + 1
+    if client is None:
+        return config.max_attempts
+    return 3 if retries.get("mode") == "standard" else 5  # botocore's defaults
 
 
 def _transfer_config(multipart_threshold: int, part_size: int) -> TransferConfig:
@@ -299,17 +394,43 @@ _UNAVAILABLE_CODES: Final = frozenset(
     {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown"}
 )
 _UNREACHABLE_EXC: Final = (bex.ConnectionError, bex.HTTPClientError)  # refused, timeouts, closed
-_NO_CREDENTIALS_EXC: Final = (bex.NoCredentialsError, bex.PartialCredentialsError)
+_NO_CREDENTIALS_EXC: Final = (
+    bex.NoCredentialsError,
+    bex.PartialCredentialsError,
+    bex.ProfileNotFound,
+    bex.CredentialRetrievalError,
+)
+_CERT_FAILED: Final = "CERTIFICATE_VERIFY_FAILED"
 
 
 def _redact(text: str, config: S3Config) -> str:
-    """Remove every credential of ``config`` from a message (servers may echo some back)."""
-    for secret in (config.secret_access_key, config.session_token):
-        if secret:
-            text = text.replace(secret, "***")
-    if config.access_key_id:
-        text = text.replace(config.access_key_id, config.key_hint)
+    """Remove every credential of ``config`` (and of its client, which may have resolved
+    others: a profile, an assumed role) from a message (servers may echo some back)."""
+    access, secret, token = _used_credentials(config)
+    for hidden in {config.secret_access_key, config.session_token, secret, token}:
+        if hidden:
+            text = text.replace(hidden, "***")
+    for key in {config.access_key_id, access}:
+        if key:
+            text = text.replace(key, _hint_for_key(key, config.credentials_source))
     return text
+
+
+def _key_hint(config: S3Config) -> str:
+    """The last 4 characters of the access key id the client signs with."""
+    return _hint_for_key(_used_credentials(config)[0], config.credentials_source)
+
+
+def _credentials_to_check(config: S3Config) -> str:
+    if config.credentials_source:
+        return config.credentials_source
+    return "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)"
+
+
+def _endpoint_to_check(config: S3Config) -> str:
+    if config.credentials_source:
+        return f"the endpoint in {config.credentials_source}"
+    return "VSRFLOW_S3_ENDPOINT"
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -357,17 +478,36 @@ def _storage_error(exc: BaseException, action: str, uri: str, config: S3Config) 
     cause = _root_cause(exc)
     bucket = uri[len(S3_SCHEME) :].partition("/")[0]
     where = f"at {config.endpoint_label}"
+    if isinstance(cause, bex.SSLError) and _CERT_FAILED in str(cause):
+        detail = _redact(str(cause), config)
+        fix = (
+            f"set verify_cert_path (the CA bundle that signed it) in the client parameters of "
+            f"{config.credentials_source}, or verify=False there for a trusted private endpoint"
+            if config.credentials_source
+            else "point AWS_CA_BUNDLE at the CA bundle that signed it"
+        )
+        # Not StorageUnavailableError: retrying cannot fix a certificate.
+        return StorageError(
+            f"cannot {action} {uri}: the TLS certificate of {config.endpoint_label} could not "
+            f"be verified ({detail}); {fix}"
+        )
     if isinstance(cause, _UNREACHABLE_EXC):
         detail = _redact(f"{type(cause).__name__}: {cause}", config)
         return StorageUnavailableError(
             f"cannot {action} {uri}: S3 endpoint {config.endpoint_label} is unreachable "
-            f"({detail}; {config.max_attempts} attempt(s)). Check VSRFLOW_S3_ENDPOINT and that "
-            "the server is up; this is transient, retry later"
+            f"({detail}; {_max_attempts(config)} attempt(s)). Check "
+            f"{_endpoint_to_check(config)} and that the server is up; this is transient, "
+            "retry later"
         )
     if isinstance(cause, _NO_CREDENTIALS_EXC):
+        detail = _redact(f"{type(cause).__name__}: {cause}", config)
+        fix = (
+            f"Check {config.credentials_source}"
+            if config.credentials_source
+            else "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile / role)"
+        )
         return StorageAccessDeniedError(
-            f"cannot {action} {uri}: no usable S3 credentials ({type(cause).__name__}). "
-            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile / role)"
+            f"cannot {action} {uri}: no usable S3 credentials ({detail}). {fix}"
         )
     if isinstance(cause, bex.ClientError):
         error = cause.response.get("Error", {})
@@ -385,13 +525,13 @@ def _storage_error(exc: BaseException, action: str, uri: str, config: S3Config) 
         if code in _DENIED_CODES or status == 403:
             return StorageAccessDeniedError(
                 f"cannot {action} {uri}: access denied {where} for access key "
-                f"{config.key_hint} ({reason}). Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                "(and AWS_SESSION_TOKEN) and the bucket policy"
+                f"{_key_hint(config)} ({reason}). Check {_credentials_to_check(config)} and "
+                "the bucket policy"
             )
         if code in _UNAVAILABLE_CODES or status >= 500:
             return StorageUnavailableError(
                 f"cannot {action} {uri}: S3 server error {where} ({reason}) after "
-                f"{config.max_attempts} attempt(s); this is transient, retry later"
+                f"{_max_attempts(config)} attempt(s); this is transient, retry later"
             )
         return StorageError(f"cannot {action} {uri}: {reason} (HTTP {status}) {where}")
     detail = _redact(f"{type(cause).__name__}: {cause}", config)
