@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -265,6 +266,48 @@ def test_unreachable_mirror_is_a_clear_error(tmp_path: Path) -> None:
         resolve_weights(ANIME, cache_dir=tmp_path / "cache", search_path=[], progress=False)
 
 
+def test_stalled_mirror_times_out_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror that sends headers and a few bytes, then nothing: the download gives up after
+    the read timeout instead of holding a worker forever (torch.hub.download_url_to_file has
+    no timeout, one reason vsrflow.models.weights keeps its own download)."""
+    from vsrflow.models import weights as weights_module
+
+    release = threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            release.wait(30)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
+    monkeypatch.setattr(weights_module, "_DOWNLOAD_TIMEOUT_S", 0.5)
+    cache = tmp_path / "cache"
+    try:
+        started = time.monotonic()
+        with pytest.raises(WeightsDownloadError, match="timed out"):
+            resolve_weights(ANIME, cache_dir=cache, search_path=[], progress=False)
+        assert time.monotonic() - started < 10
+        assert _files_under(cache) == []
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
 def test_no_download_allowed_and_nothing_cached(
     release_server: ReleaseServer, tmp_path: Path
 ) -> None:
@@ -505,6 +548,26 @@ def test_pickle_that_would_run_code_is_refused_before_running(tmp_path: Path) ->
     # Premise check: an unsafe load of the same file really would have run the code.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+def test_parameter_state_dict_loads_where_spandrels_file_loader_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """Why .pth files are read with torch.load(weights_only=True) and not with spandrel's
+    loader (see vsrflow.models.loader): a state dict of nn.Parameter values is a legitimate,
+    code-free checkpoint that weights_only reads and spandrel 0.4.2's allowlist refuses."""
+    import pickle
+
+    from spandrel import ModelLoader
+
+    net = torch.nn.Conv2d(3, 3, 3)
+    path = tmp_path / "parameters.pth"
+    torch.save({"params": dict(net.named_parameters())}, path)
+    state = read_state_dict(path)
+    assert set(state) == {"weight", "bias"}
+    assert torch.equal(state["weight"], net.weight.detach())
+    with pytest.raises(pickle.UnpicklingError, match="_rebuild_parameter"):
+        ModelLoader(device="cpu").load_state_dict_from_file(path)
 
 
 def test_random_bytes_are_not_a_checkpoint(tmp_path: Path) -> None:

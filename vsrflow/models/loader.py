@@ -1,11 +1,27 @@
 """Load verified weights into a ready-to-run spandrel model, safely and once per process.
 
-Weights are read by us, not by spandrel's file loader, for three reasons: ``torch.load``
-runs with ``weights_only=True`` so a hostile pickle cannot execute code; the official
-realesr-animevideov3 file stores CUDA tensors and needs ``map_location="cpu"`` on machines
-without a GPU; and Real-ESRGAN's denoise-strength blend has to happen on the raw state
-dicts before spandrel builds the network. Architecture and scale are then derived from the
-tensors by spandrel, never configured.
+Reading a weights file, and who does it:
+
+* ``.safetensors``: spandrel's own file loader (``ModelLoader.load_state_dict_from_file``:
+  ``safetensors.torch.load_file`` onto the CPU, then ``canonicalize_state_dict``), which is
+  exactly what we did by hand; we only translate its errors.
+* ``.pth``: ``torch.load(weights_only=True, map_location="cpu")``, then spandrel's
+  ``canonicalize_state_dict`` (``params_ema`` before ``params``, ``module.`` prefixes removed).
+  Not spandrel's loader, on purpose. spandrel 0.4.2 calls ``torch.load(...,
+  pickle_module=RestrictedUnpickle)``; passing a pickle module makes torch default to
+  ``weights_only=False``, so safety then rests on spandrel's 9-name ``find_class`` allowlist
+  on the full C unpickler instead of torch's own weights-only unpickler (which also restricts
+  opcodes and what may be built, and is where torch ships its security fixes). Measured on
+  torch 2.14.1: both refuse pickles that would run code or build arbitrary classes, so we do
+  not call spandrel's loader unsafe, but it is a weaker guarantee, and it refuses legitimate
+  files that ``weights_only=True`` reads: a state dict of ``nn.Parameter`` values (``Global
+  'torch._utils._rebuild_parameter' is forbidden``), which we would have to report as unsafe.
+  (Its ``.pt`` branch would also run ``torch.jit.load``; we accept no ``.pt`` files.)
+  ``map_location="cpu"`` matters: the official realesr-animevideov3 file stores CUDA tensors.
+
+Real-ESRGAN's denoise-strength blend happens on the raw state dicts before spandrel builds the
+network. Architecture and scale are then derived from the tensors by spandrel, never
+configured.
 """
 
 from __future__ import annotations
@@ -24,7 +40,6 @@ from typing import Any, Final
 import spandrel
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file as load_safetensors
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
 from vsrflow.errors import (
@@ -79,9 +94,8 @@ def read_state_dict(path: Path) -> StateDict:
     ``module.`` prefixes removed), so blended dicts match what spandrel detects.
     """
     if path.suffix.lower() == ".safetensors":
-        raw: object = _read_safetensors(path)
-    else:
-        raw = _read_pth(path)
+        return _read_safetensors(path)
+    raw = _read_pth(path)
     if not isinstance(raw, Mapping):
         raise UnsupportedArchitectureError(
             f"{path} holds a {type(raw).__name__}, not a state dict of named tensors"
@@ -90,8 +104,9 @@ def read_state_dict(path: Path) -> StateDict:
 
 
 def _read_safetensors(path: Path) -> StateDict:
+    """spandrel's loader: ``load_file`` onto the CPU plus ``canonicalize_state_dict``."""
     try:
-        return load_safetensors(str(path), device="cpu")
+        return dict(ModelLoader(device="cpu").load_state_dict_from_file(path))
     except SafetensorError as exc:
         raise CorruptWeightsError(f"{path} is not a valid safetensors file: {exc}") from exc
 

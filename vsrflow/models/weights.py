@@ -6,6 +6,16 @@ wrong hash there is the user's mistake and is reported, never overwritten), then
 shared cache (a corrupt file there is ours and is re-downloaded), and download only as a
 last resort, into a temp file that is renamed into place only once its hash matches.
 
+The download is our own ``_download``/``_stream`` rather than
+``torch.hub.download_url_to_file``. That function does have a progress bar, a temp file
+renamed into place, a sha256 check (``hash_prefix`` accepts the full digest) and works with
+plain http:// mirrors, but (read and measured on torch 2.14.1) it opens the URL without a
+timeout, so a mirror that stalls mid-transfer holds a worker forever (still blocked after
+5 s in the measurement; only a process-wide ``socket.setdefaulttimeout`` would change that);
+a transfer cut short shows up only as ``RuntimeError: invalid hash value`` instead of "closed
+after N of M bytes"; it does not fsync before the rename; and its bar carries no file name.
+Keeping ours costs about 70 lines; tests pin the timeout, the cut transfer and the bar's label.
+
 Environment:
 
 ``VSRFLOW_MODEL_PATH``
