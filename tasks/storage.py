@@ -73,10 +73,28 @@ def s3_config_for_block(credentials: AwsCredentials, name: str | None = None) ->
     )
 
 
+class CredentialsBlockError(ValueError):
+    """The ``credentials_block`` parameter names no usable AWS Credentials block."""
+
+
+def load_credentials_block(name: str) -> AwsCredentials:
+    """The saved AwsCredentials block ``name``, or an error that says which parameter to fix."""
+    try:
+        return AwsCredentials.load(name, _sync=True)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        raise CredentialsBlockError(
+            f"credentials_block {name!r}: no AWS Credentials block of that name on this Prefect "
+            "server. Create it (UI: Blocks > + > AWS Credentials, with the endpoint URL of an "
+            "S3-compatible store under client parameters) or leave credentials_block empty to "
+            "use the AWS_* environment of the machine that runs the job."
+        ) from None
+
+
 @functools.cache
 def _s3_config(credentials_block: str) -> S3Config:
-    block = AwsCredentials.load(credentials_block, _sync=True)
-    return s3_config_for_block(block, credentials_block)
+    return s3_config_for_block(load_credentials_block(credentials_block), credentials_block)
 
 
 def locations_for(credentials_block: str | None) -> Locations:
@@ -96,7 +114,7 @@ def result_storage_for(work_dir: str, credentials_block: str | None) -> Path | s
         return Path(work_dir) / "results"
     bucket, prefix = storage.parse_s3_uri(storage.join_uri(work_dir, "results"))
     if credentials_block:
-        credentials = AwsCredentials.load(credentials_block, _sync=True)
+        credentials = load_credentials_block(credentials_block)
     else:
         env = S3Config.from_env()
         credentials = AwsCredentials(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -246,6 +247,26 @@ def wait_final(run_ids: list[UUID], timeout: float = 300) -> dict[UUID, str]:
                 return states
             time.sleep(1)
     raise AssertionError(f"runs not final after {timeout} s: {set(run_ids) - set(states)}")
+
+
+def table_rows(run_id: UUID) -> list[dict[str, Any]]:
+    """The rows of the table artifact a flow run published (the archive flows' outcome)."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
+
+    with api() as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                type=ArtifactFilterType(any_=["table"]),
+            )
+        )
+    assert len(found) == 1, f"run {run_id} published {len(found)} table artifacts"
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def run_logs(run_id: UUID, wait_for: str | None = None, timeout: float = 60) -> str:

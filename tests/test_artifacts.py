@@ -35,6 +35,8 @@ from prefect.client.schemas.filters import (
 from flows.upscale_video import upscale_video
 from vsrflow.compare import GAP, LABEL_HEIGHT, make_comparison
 from vsrflow.report import BatchCounts, artifact_key, parse_progress, progress_description
+from vsrflow.results import as_json
+from vsrflow.settings import UpscaleSettings
 
 REPO = Path(__file__).resolve().parents[1]
 ANIME_SHA = "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d"
@@ -58,18 +60,21 @@ def _artifacts(flow_run_id: Any) -> dict[str, Any]:
     return by_type
 
 
+def _settings(model: str) -> UpscaleSettings:
+    return UpscaleSettings(model={"weights_path": model}, batching={"frames": 8})
+
+
 def _run(source: Path, output: Path, model: str, work: Path) -> tuple[Any, dict[str, Any]]:
     state = upscale_video(
         input_path=str(source),
         output_path=str(output),
-        model=model,
-        batch_frames=8,
+        settings=_settings(model),
         work_dir=str(work),
         keep_chunks=True,
         return_state=True,
     )
     assert state.is_completed(), state.message
-    return state.state_details.flow_run_id, state.result()
+    return state.state_details.flow_run_id, as_json(state.result())
 
 
 def _middle_frame(path: Path) -> np.ndarray:
@@ -111,7 +116,7 @@ def test_summary_markdown_describes_the_run(
     assert f"| resolution | {w}x{h} | {w * 4}x{h * 4} |" in text
     assert f"({output.stat().st_size:,} bytes)" in text
     assert "| fps | 24.000 | 24.000 |" in text
-    assert "**Model:** `" + str(Path(result["parameters"]["model"])) + "`" in text
+    assert "**Model:** `" + str(Path(result["model"])) + "`" in text
     assert f"weights sha256 `{ANIME_SHA[:12]}`" in text
     for stage in ("probe", "plan", "upscale", "assemble"):
         assert f"| {stage} | {result['seconds'][stage]:.2f} |" in text
@@ -179,7 +184,7 @@ def test_cli_progress_bar_shows_the_progress_artifact(
     }
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "upscale", str(no_audio_clip.path)]
-    cmd += ["-o", str(tmp_path / "o.mp4"), "--batch-frames", "8"]
+    cmd += ["-o", str(tmp_path / "o.mp4"), "--batch-frames", "8", "--content", "anime"]
     result = subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -222,7 +227,7 @@ def test_s3_output_links_are_presigned_and_no_secret_is_published(
     source, output = f"s3://{bucket}/in/clip.mp4", f"s3://{bucket}/out/clip_x4.mp4"
     storage.upload_file(no_audio_clip.path, source, s3)
     state = upscale_video(
-        input_path=source, output_path=output, model=model_path, batch_frames=8, return_state=True
+        input_path=source, output_path=output, settings=_settings(model_path), return_state=True
     )
     assert state.is_completed(), state.message
     run_id = state.state_details.flow_run_id

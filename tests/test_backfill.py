@@ -22,9 +22,13 @@ import pytest
 
 from vsrflow import catalog, storage
 from vsrflow.locations import Locations
+from vsrflow.settings import UpscaleSettings
 from vsrflow.storage import S3Config
 
 FRAMES = 12
+#: The shared weights hold the official animevideov3 file (the default live-action model's
+#: official file is not in ../shared).
+ANIME = {"model": {"name": "realesr-animevideov3"}}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,7 @@ def test_backfill_upscales_only_what_is_not_done_and_a_rerun_starts_nothing(
         "target_prefix": f"s3://{bucket}/x4/",
         "patterns": ["*.mp4"],
         "credentials_block": ds.BLOCK,
+        "settings": ANIME,
     }
     source_prefix = f"s3://{bucket}/archive/"
 
@@ -131,22 +136,19 @@ def test_backfill_upscales_only_what_is_not_done_and_a_rerun_starts_nothing(
         assert ds.decoded_frames(storage.presigned_get(video, s3)) == (FRAMES, (256, 192))
         manifest = storage.get_json(f"{video}.manifest.json", s3)
         assert manifest["source_identity"].startswith("s3-etag:")
-        assert manifest["parameters"]["model"] == "realesr-animevideov3"
+        assert manifest["parameters"]["model.name"] == "realesr-animevideov3"
 
-    # Third run: nothing left.
+    # Third run: nothing left, and its table artifact says so for every video.
     run_id, detail = _run_archive("archive-backfill/archive-backfill", worker, params)
     assert len(ds.runs_of("upscale-video/upscale-video", source_prefix)) == 3, detail
-    logs = ds.run_logs(uuid.UUID(run_id), wait_for=" candidates, ")
-    assert "3 candidates, 3 already done, 0 launched" in logs
+    rows = ds.table_rows(uuid.UUID(run_id))
+    assert sorted(r["video"] for r in rows) == sorted(sources)
+    assert {r["status"] for r in rows} == {"up to date"}, rows
 
-    # Other parameters are other work: the done check says so, naming them.
-    check = catalog.check_done(
-        Locations(s3),
-        sources[0],
-        expected[0],
-        {"model": "realesr-animevideov3", "crf": 30, "tile_pad": 16},
-    )
-    assert not check.done and check.reason == "parameters differ: crf"
+    # Other settings are other work: the done check says so, naming them.
+    other = UpscaleSettings.model_validate({**ANIME, "encoder": {"crf": 30}})
+    check = catalog.check_done(Locations(s3), sources[0], expected[0], other.decisive_parameters())
+    assert not check.done and check.reason == "parameters differ: encoder.crf"
 
 
 @pytest.mark.slow
@@ -158,6 +160,7 @@ def test_two_overlapping_watch_runs_upscale_each_new_video_exactly_once(
         "source_prefix": f"s3://{bucket}/incoming/",
         "target_prefix": f"s3://{bucket}/upscaled/",
         "credentials_block": ds.BLOCK,
+        "settings": ANIME,
     }
     watch_id = ds.deployment_id("watch-arrivals/watch-arrivals")
     with ds.api() as client:
@@ -166,18 +169,13 @@ def test_two_overlapping_watch_runs_upscale_each_new_video_exactly_once(
         ]
     states = ds.wait_final(watchers, timeout=240)
     assert set(states.values()) == {"Completed"}, states
-    logs = [ds.run_logs(w, wait_for=" candidates, ") for w in watchers]
-    launched = sum(log.count("launched s3://") for log in logs)
-    assert launched == 2, logs
+    rows = [row for w in watchers for row in ds.table_rows(w)]
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("launched") == 2, rows
     # The other watcher saw each video and left it alone (claimed, or already done).
-    skipped = sum(log.count("claimed by another run") for log in logs)
-    done = sum(
-        int(line.split(" already done")[0].rsplit(", ", 1)[-1])
-        for log in logs
-        for line in log.splitlines()
-        if " already done" in line
-    )
-    assert skipped + done == 2, logs
+    assert statuses.count("claimed by another run") + statuses.count("up to date") == 2, rows
+    launched = [r for r in rows if r["status"] == "launched"]
+    assert all(r["flow run"] for r in launched), rows  # a link to each started run
 
     runs = ds.runs_of("upscale-video/upscale-video", f"s3://{bucket}/incoming/")
     assert sorted(r.parameters["input_path"] for r in runs) == sorted(sources)
@@ -191,7 +189,7 @@ def test_two_overlapping_watch_runs_upscale_each_new_video_exactly_once(
     with ds.api() as client:
         again = client.create_flow_run_from_deployment(watch_id, parameters=params).id
     assert ds.wait_final([again], timeout=240)[again] == "Completed"
-    assert "2 candidates, 2 already done, 0 launched" in ds.run_logs(again, " candidates, ")
+    assert [r["status"] for r in ds.table_rows(again)] == ["up to date"] * 2
     assert len(ds.runs_of("upscale-video/upscale-video", f"s3://{bucket}/incoming/")) == 2
 
 
@@ -256,7 +254,7 @@ def test_candidates_outputs_and_done_check_on_a_local_tree(tmp_path: Path) -> No
     output = catalog.output_for(one, str(dst))
     assert output == str(dst / "one.MP4")
     assert catalog.check_done(locations, one.location, output, {}).reason == "no manifest"
-    params = {"model": "realesr-animevideov3", "tile": 0}
+    params = {"model.name": "realesr-animevideov3", "engine.tile": 0}
     manifest = {
         "source_identity": locations.identity(one.location),
         "source_bytes": one.size,
@@ -264,8 +262,9 @@ def test_candidates_outputs_and_done_check_on_a_local_tree(tmp_path: Path) -> No
     }
     Path(catalog.manifest_location(output)).write_text(json.dumps(manifest))
     assert catalog.check_done(locations, one.location, output, {**params, "profile": "local"}).done
-    assert catalog.check_done(locations, one.location, output, {**params, "tile": 256}).reason == (
-        "parameters differ: tile"
+    changed = {**params, "engine.tile": 256}
+    assert catalog.check_done(locations, one.location, output, changed).reason == (
+        "parameters differ: engine.tile"
     )
     ds.make_clip(Path(one.location), offset=9, frames=4)  # the source was replaced
     assert not catalog.check_done(locations, one.location, output, params).done

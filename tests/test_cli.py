@@ -60,10 +60,10 @@ def test_upscale_video_by_registry_name_from_the_search_path(
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["parameters"]["model"] == "realesr-animevideov3"
-    # --compile reached the engine: the defaults came from EngineSettings, compile on top.
-    assert summary["parameters"]["compile_model"] is True
-    assert summary["parameters"]["micro_batch"] == EngineSettings().micro_batch
+    assert summary["model"] == summary["parameters"]["model.name"] == "realesr-animevideov3"
+    # --compile reached the engine: the defaults came from the settings, compile on top.
+    assert summary["parameters"]["engine.compile_model"] is True
+    assert summary["parameters"]["engine.micro_batch"] == EngineSettings().micro_batch
     assert summary["frames"] == no_audio_clip.frame_count
     with av.open(str(output)) as container:
         assert container.format.name.startswith("matroska")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import faults
 import infra
 import numpy as np
 import pytest
@@ -113,6 +114,8 @@ def _upscale_args(bucket: str, out: str, *extra: str) -> list[str]:
         BLOCK,
         "--batch-frames",
         str(BATCH_FRAMES),
+        "--content",
+        "anime",
         *extra,
     ]
 
@@ -189,14 +192,18 @@ def test_slurm_output_is_identical_to_a_local_run(
     from flows.upscale_video import upscale_video
 
     local = tmp_path / "local.mp4"
+    from vsrflow.settings import UpscaleSettings
+
+    weights = str(shared_dir / "models" / "realesr-animevideov3.pth")
     summary = upscale_video(
         input_path=str(shared_media(SOURCE)),
         output_path=str(local),
-        model=str(shared_dir / "models" / "realesr-animevideov3.pth"),
-        batch_frames=BATCH_FRAMES,
+        settings=UpscaleSettings(
+            model={"weights_path": weights}, batching={"frames": BATCH_FRAMES}
+        ),
         work_dir=str(tmp_path / "work"),
     )
-    assert summary["weights_sha256"] == clean_run["weights_sha256"]
+    assert summary.weights_sha256 == clean_run["weights_sha256"]
     local_frames = _frames(str(local))
     assert len(local_frames) == len(reference_frames)
     for mine, theirs in zip(local_frames, reference_frames, strict=True):
@@ -312,11 +319,16 @@ def _flow_run_state(env: dict[str, str], flow_run_id: str) -> str:
 
 
 def test_a_worker_killed_twice_over_raises_killedworker_and_the_flow_recovers(
-    cluster_env: dict[str, str], bucket: str, s3: S3Config, reference_frames: list[np.ndarray]
+    cluster_env: dict[str, str],
+    bucket: str,
+    s3: S3Config,
+    reference_frames: list[np.ndarray],
+    tmp_path: Path,
 ) -> None:
+    markers = tmp_path / "faults"
     env = {
         **cluster_env,
-        "VSRFLOW_CRASH_BATCH_ONCE": "2",
+        **faults.subprocess_env("crash", {2}, markers),
         # Dask gives up on a task after this many worker deaths (KilledWorker); 0 makes the
         # first death surface, which is what repeated deaths look like to the flow.
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
@@ -325,8 +337,8 @@ def test_a_worker_killed_twice_over_raises_killedworker_and_the_flow_recovers(
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout)
     assert summary["resubmitted"] >= 1
-    crash = _keys(bucket, "killedworker/.vsrflow-work/faults/", s3)
-    assert len(crash) == 1 and crash[0].endswith(".crash.json")  # the worker really died
+    crash = list(markers.glob("*.json"))
+    assert len(crash) == 1 and crash[0].name.endswith(".crash.json")  # the worker really died
     frames = _frames(storage.presigned_get(f"s3://{bucket}/killedworker/out.mp4", s3))
     assert all(np.array_equal(a, b) for a, b in zip(frames, reference_frames, strict=True))
     _wait_no_jobs(cluster_env)

@@ -497,3 +497,19 @@ def test_saved_block_with_session_token_loads_by_name(
             task_storage._s3_config.cache_clear()
             AwsCredentials.delete(good)
             AwsCredentials.delete(temp)
+
+
+def test_a_missing_credentials_block_names_the_parameter_to_fix() -> None:
+    import infra
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.storage import CredentialsBlockError, locations_for
+
+    with (
+        temporary_settings({PREFECT_API_URL: infra.ensure_prefect()["PREFECT_API_URL"]}),
+        pytest.raises(CredentialsBlockError) as caught,
+    ):
+        locations_for("no-such-block-7f3a")
+    message = str(caught.value)
+    assert message.startswith("credentials_block 'no-such-block-7f3a': no AWS Credentials block")
+    assert "leave credentials_block empty" in message

@@ -88,7 +88,8 @@ def test_deployment_run_watch_upscales_through_a_real_worker(
         "--param",
         f"output_path={output}",
         "--param",
-        f"model={weights}",
+        # A nested settings value as JSON, as a user types it.
+        "settings=" + json.dumps({"model": {"weights_path": str(weights)}, "encoder": {"crf": 20}}),
         "--watch",
         "--watch-interval",
         "2",
@@ -104,31 +105,54 @@ def test_deployment_run_watch_upscales_through_a_real_worker(
     assert manifest["frames"] == 12
     assert manifest["source"] == str(clip)
     assert manifest["source_identity"].startswith("sha256:")
-    assert manifest["parameters"]["model"] == str(weights)
+    assert manifest["model"] == manifest["parameters"]["model.weights_path"] == str(weights)
+    assert manifest["parameters"]["encoder.crf"] == 20
 
 
 _VIDEO = {"input_path": "/data/in.mp4", "output_path": "/data/out.mp4"}
 _ARCHIVE = {"source_prefix": "s3://archive/videos/", "target_prefix": "/data/x4"}
+_UPSCALE = "upscale-video/upscale-video"
+#: (deployment, parameters, field the server names, words the refusal must contain)
 INVALID = [
-    ("upscale-video/upscale-video", {**_VIDEO, "outscale": -2}, "outscale"),
-    ("upscale-video/upscale-video", {**_VIDEO, "model": "realesr-animevideo"}, "model"),
-    ("upscale-video/upscale-video", {**_VIDEO, "input_path": "ftp://host/in.mp4"}, "input_path"),
-    ("upscale-video/upscale-video", {**_VIDEO, "codec": "divx"}, "codec"),
-    ("archive-backfill/archive-backfill", {**_ARCHIVE, "model": "nope"}, "model"),
-    ("archive-backfill/archive-backfill", {**_ARCHIVE, "outscale": -1}, "outscale"),
+    (_UPSCALE, {**_VIDEO, "settings": {"size": {"outscale": -2}}}, "settings.size.outscale", "0"),
+    (
+        _UPSCALE,
+        {**_VIDEO, "settings": {"model": {"name": "realesr-animevideo"}}},
+        "settings.model.name",
+        "realesr-animevideov3",
+    ),
+    (_UPSCALE, {**_VIDEO, "input_path": "ftp://host/in.mp4"}, "input_path", "no other scheme"),
+    (_UPSCALE, {**_VIDEO, "output_path": "s3:/bucket/out.mp4"}, "output_path", "two slashes"),
+    (_UPSCALE, {**_VIDEO, "output_path": "s3//bucket/out.mp4"}, "output_path", "a colon"),
+    (_UPSCALE, {**_VIDEO, "output_path": "S3://bucket/out.mp4"}, "output_path", "lower case"),
+    (_UPSCALE, {**_VIDEO, "output_path": "/data/out.mp4 "}, "output_path", "no spaces"),
+    (_UPSCALE, {**_VIDEO, "output_path": "s3://bucket/out"}, "output_path", "ending in .mp4"),
+    (
+        _UPSCALE,
+        {**_VIDEO, "settings": {"encoder": {"codec": "divx"}}},
+        "settings.encoder.codec",
+        "h264",
+    ),
+    (
+        "archive-backfill/archive-backfill",
+        {**_ARCHIVE, "settings": {"model": {"name": "nope"}}},
+        "settings.model.name",
+        "RealESRGAN_x4plus",
+    ),
     (
         "archive-backfill/archive-backfill",
         {**_ARCHIVE, "source_prefix": "http://example/v/"},
         "source_prefix",
+        "no other scheme",
     ),
-    ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "max_videos": 0}, "max_videos"),
-    ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "patterns": []}, "patterns"),
+    ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "max_videos": 0}, "max_videos", "1"),
+    ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "patterns": []}, "patterns", "short"),
 ]
 
 
-@pytest.mark.parametrize(("deployment", "parameters", "field"), INVALID)
+@pytest.mark.parametrize(("deployment", "parameters", "field", "words"), INVALID)
 def test_cli_rejects_invalid_parameters_naming_the_field(
-    deployed: str, deployment: str, parameters: dict, field: str
+    deployed: str, deployment: str, parameters: dict, field: str, words: str
 ) -> None:
     args = []
     for name, value in parameters.items():
@@ -138,12 +162,14 @@ def test_cli_rejects_invalid_parameters_naming_the_field(
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, output
     assert f"Validation failed for field '{field}'" in output, output
+    assert words in output.split("Failure reason:", 1)[1], output
+    assert "does not match" not in output, output  # words, not a regular expression
     assert len(ds.runs_of(deployment, "")) == before  # nothing was created
 
 
-@pytest.mark.parametrize(("deployment", "parameters", "field"), INVALID)
+@pytest.mark.parametrize(("deployment", "parameters", "field", "words"), INVALID)
 def test_api_rejects_invalid_parameters_naming_the_field(
-    deployed: str, deployment: str, parameters: dict, field: str
+    deployed: str, deployment: str, parameters: dict, field: str, words: str
 ) -> None:
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -151,7 +177,8 @@ def test_api_rejects_invalid_parameters_naming_the_field(
     with ds.api() as client, pytest.raises(PrefectHTTPStatusError) as caught:
         client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
     assert caught.value.response.status_code == 409
-    assert f"Validation failed for field '{field}'" in caught.value.response.json()["detail"]
+    detail = caught.value.response.json()["detail"]
+    assert f"Validation failed for field '{field}'" in detail and words in detail, detail
 
 
 def test_video_runs_wait_for_a_free_vsrflow_gpu_slot(
@@ -166,7 +193,7 @@ def test_video_runs_wait_for_a_free_vsrflow_gpu_slot(
     parameters = {
         "input_path": str(clip),
         "output_path": str(output),
-        "model": str(shared_model("realesr-animevideov3.pth")),
+        "settings": {"model": {"weights_path": str(shared_model("realesr-animevideov3.pth"))}},
     }
     deployment_id = ds.deployment_id("upscale-video/upscale-video")
     with ds.api() as client:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import faults
 import media_fixtures as mf
 import numpy as np
 import pytest
@@ -22,8 +23,9 @@ from prefect.exceptions import ParameterTypeError
 
 from flows.upscale_images import upscale_images
 from flows.upscale_video import upscale_video
-from tasks.upscale import FAIL_ONCE_ENV
 from vsrflow.images import read_image
+from vsrflow.results import VideoResult
+from vsrflow.settings import UpscaleSettings
 
 
 def _decoded(path: Path) -> tuple[list[int], list[np.ndarray]]:
@@ -43,14 +45,21 @@ def model_path(shared_model: Callable[[str], Path]) -> str:
     return str(shared_model("realesr-animevideov3.pth"))
 
 
-def _run(source: Path, output: Path, model: str, work: Path, **extra: Any) -> dict[str, Any]:
+def _settings(model: str, **groups: Any) -> UpscaleSettings:
+    return UpscaleSettings.model_validate(
+        {"model": {"weights_path": model}, "batching": {"frames": 8}, **groups}
+    )
+
+
+def _run(
+    source: Path, output: Path, model: str, work: Path, *, keep_chunks: bool = False, **groups: Any
+) -> VideoResult:
     return upscale_video(
         input_path=str(source),
         output_path=str(output),
-        model=model,
-        batch_frames=8,
+        settings=_settings(model, **groups),
         work_dir=str(work),
-        **extra,
+        keep_chunks=keep_chunks,
     )
 
 
@@ -59,18 +68,18 @@ def test_video_flow_output_and_cache_across_runs(
 ) -> None:
     output, work = tmp_path / "out.mp4", tmp_path / "work"
     first = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
-    batches = first["batches"]
+    batches = first.batches
     assert batches == -(-vfr_clip.frame_count // 8) and batches >= 2
-    assert first["batches_computed"] == batches and first["batches_cached"] == 0
-    assert first["frames"] == vfr_clip.frame_count
-    assert first["out_size"] == [vfr_clip.width * 4, vfr_clip.height * 4]
+    assert first.batches_computed == batches and first.batches_cached == 0
+    assert first.frames == vfr_clip.frame_count
+    assert first.out_size == (vfr_clip.width * 4, vfr_clip.height * 4)
     source_seconds = _pts_seconds(vfr_clip.path)
     assert np.allclose(_pts_seconds(output), source_seconds, atol=0.001)
     first_bytes = output.read_bytes()
 
     second = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
-    assert second["batches_computed"] == 0
-    assert second["batches_cached"] == batches
+    assert second.batches_computed == 0
+    assert second.batches_cached == batches
     assert output.read_bytes() == first_bytes
 
     # A cache record whose chunk disappeared is not trusted: exactly that batch is recomputed.
@@ -78,7 +87,7 @@ def test_video_flow_output_and_cache_across_runs(
     assert len(chunks) == batches
     chunks[1].unlink()
     third = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
-    assert third["batches_computed"] == 1 and third["batches_cached"] == batches - 1
+    assert third.batches_computed == 1 and third.batches_cached == batches - 1
     assert _decoded(output)[0] == _decoded(Path(vfr_clip.path))[0]
 
 
@@ -87,9 +96,16 @@ def test_changed_settings_invalidate_the_cache(
 ) -> None:
     work = tmp_path / "work"
     base = _run(no_audio_clip.path, tmp_path / "a.mp4", model_path, work, keep_chunks=True)
-    other = _run(no_audio_clip.path, tmp_path / "b.mp4", model_path, work, keep_chunks=True, crf=30)
-    assert base["batches_computed"] == base["batches"]
-    assert other["batches_computed"] == other["batches"]
+    other = _run(
+        no_audio_clip.path,
+        tmp_path / "b.mp4",
+        model_path,
+        work,
+        keep_chunks=True,
+        encoder={"crf": 30},
+    )
+    assert base.batches_computed == base.batches
+    assert other.batches_computed == other.batches
 
 
 def test_chunks_are_removed_after_publish_by_default(
@@ -97,7 +113,7 @@ def test_chunks_are_removed_after_publish_by_default(
 ) -> None:
     work = tmp_path / "work"
     result = _run(no_audio_clip.path, tmp_path / "out.mp4", model_path, work)
-    assert result["frames"] == no_audio_clip.frame_count
+    assert result.frames == no_audio_clip.frame_count
     assert list((work / "chunks").glob("*.mp4")) == []
     assert not list(tmp_path.glob(".out.partial-*"))
 
@@ -123,41 +139,87 @@ def test_a_batch_that_fails_once_is_retried_and_the_run_succeeds(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(FAIL_ONCE_ENV, "1")
+    markers = tmp_path / "faults"
+    faults.install(monkeypatch, "fail", {1}, markers)
     work, output = tmp_path / "work", tmp_path / "out.mp4"
     state = upscale_video(
         input_path=str(no_audio_clip.path),
         output_path=str(output),
-        model=model_path,
-        batch_frames=8,
+        settings=_settings(model_path),
         work_dir=str(work),
         return_state=True,
     )
     assert state.is_completed()
     result = state.result()
-    assert result["batches_computed"] == result["batches"] >= 2
-    assert len(list((work / "faults").glob("*.json"))) == 1  # the fault really fired
+    assert result.batches_computed == result.batches >= 2
+    assert len(list(markers.glob("*.json"))) == 1  # the fault really fired
     counts = asyncio.run(_batch_run_counts(state.state_details.flow_run_id))
     assert counts["batch-1"] == 2  # failed once, retried once
     assert all(n == 1 for name, n in counts.items() if name != "batch-1")
     assert _decoded(output)[0] == _decoded(Path(no_audio_clip.path))[0]
 
 
-def test_bad_input_fails_the_flow_with_the_specific_error(
+async def _run_log_lines(flow_run_id: Any, wait_for: str, timeout: float = 30) -> list[str]:
+    """Every log message of a flow run (tasks included); logs ship in batches, so poll."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with get_client() as client:
+        while True:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            messages = [log.message for log in logs]
+            if any(wait_for in m for m in messages) or asyncio.get_running_loop().time() > deadline:
+                return messages
+            await asyncio.sleep(0.5)
+
+
+def test_bad_input_fails_the_flow_with_the_specific_error_in_one_line(
     not_media_file: mf.FixtureInfo, model_path: str, tmp_path: Path
 ) -> None:
     from vsrflow.errors import NotMediaError
 
+    state = upscale_video(
+        input_path=str(not_media_file.path),
+        output_path=str(tmp_path / "out.mp4"),
+        settings=_settings(model_path),
+        work_dir=str(tmp_path / "work"),
+        return_state=True,
+    )
+    assert state.is_failed()
     with pytest.raises(NotMediaError, match="not a media file"):
-        _run(not_media_file.path, tmp_path / "out.mp4", model_path, tmp_path / "work")
+        state.result()
     assert not (tmp_path / "out.mp4").exists()
+    messages = asyncio.run(_run_log_lines(state.state_details.flow_run_id, "not a media file"))
+    failures = [m for m in messages if "not a media file" in m]
+    assert failures, messages
+    # An expected failure: its message, no Prefect traceback (task or flow level).
+    assert not [m for m in messages if "Traceback" in m], messages
+    assert all(len(m.splitlines()) == 1 for m in failures), failures
+
+
+def test_archive_flows_say_which_prefix_to_set() -> None:
+    from flows.archive import ArchiveSetupError, archive_backfill, watch_arrivals
+
+    with pytest.raises(ArchiveSetupError, match="source_prefix is not set: set it to the folder"):
+        archive_backfill()
+    with pytest.raises(ArchiveSetupError, match="target_prefix is not set"):
+        watch_arrivals(source_prefix="s3://archive/videos/")
+    with pytest.raises(ArchiveSetupError, match="must differ"):
+        archive_backfill(source_prefix="s3://a-b/v/", target_prefix="s3://a-b/v")
 
 
 def test_flow_parameters_are_validated_by_field(model_path: str, tmp_path: Path) -> None:
-    with pytest.raises(ParameterTypeError, match="outscale: Input should be greater than 0"):
-        upscale_video(input_path="x.mp4", output_path=str(tmp_path / "o.mp4"), outscale=-2)
+    out = str(tmp_path / "o.mp4")
+    with pytest.raises(ParameterTypeError, match=r"(?s)outscale.*greater than or equal to 0"):
+        upscale_video(input_path="x.mp4", output_path=out, settings={"size": {"outscale": -2}})
     with pytest.raises(ParameterTypeError, match="codec"):
-        upscale_video(input_path="x.mp4", output_path=str(tmp_path / "o.mp4"), codec="divx")
+        upscale_video(input_path="x.mp4", output_path=out, settings={"encoder": {"codec": "divx"}})
+    with pytest.raises(ParameterTypeError, match="two slashes after s3:"):
+        upscale_video(input_path="x.mp4", output_path="s3:/bucket/o.mp4")
+    with pytest.raises(ParameterTypeError, match=r"ending in \.mp4 or \.mkv or \.mov"):
+        upscale_video(input_path="x.mp4", output_path=str(tmp_path / "o"))
 
 
 def test_image_flow_folder_keeps_modes_and_caches(
@@ -166,15 +228,16 @@ def test_image_flow_folder_keeps_modes_and_caches(
     source = tmp_path / "in"
     shutil.copytree(image_set.directory, source)
     out = tmp_path / "out"
+    settings = UpscaleSettings(model={"weights_path": model_path})
     first = upscale_images(
         input_path=str(source),
         output_path=str(out),
-        model=model_path,
+        settings=settings,
         work_dir=str(tmp_path / "work"),
     )
     names = sorted(p.name for p in source.iterdir())
-    assert sorted(Path(p).name for p in first["outputs"]) == names
-    assert first["computed"] == len(names)
+    assert sorted(Path(p).name for p in first.outputs) == names
+    assert first.computed == len(names)
     for name in names:
         src, dst = read_image(source / name), read_image(out / name)
         assert dst.pixels.shape[:2] == (src.pixels.shape[0] * 4, src.pixels.shape[1] * 4)
@@ -184,10 +247,10 @@ def test_image_flow_folder_keeps_modes_and_caches(
     second = upscale_images(
         input_path=str(source),
         output_path=str(out),
-        model=model_path,
+        settings=settings,
         work_dir=str(tmp_path / "work"),
     )
-    assert second["cached"] == len(names) and second["computed"] == 0
+    assert second.cached == len(names) and second.computed == 0
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(

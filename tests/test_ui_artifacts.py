@@ -93,7 +93,7 @@ def finished_run(
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
     cmd = [sys.executable, "-m", "flows.cli", "upscale", str(no_audio_clip.path), "-o", str(out)]
-    cmd += ["--batch-frames", "8", "--no-progress"]
+    cmd += ["--content", "anime", "--batch-frames", "8", "--no-progress"]
     result = subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
     )

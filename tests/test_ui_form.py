@@ -13,6 +13,7 @@ import html
 import re
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -147,3 +148,67 @@ def test_custom_run_form_shows_every_parameter_with_its_description(
         f"{deployment}: parameters without a description in the form: {missing_descriptions} "
         f"(screenshot: {tmp_path / 'form.png'})"
     )
+
+
+def _form_url(deployment: str) -> str:
+    with ds.api() as client:
+        found = client.read_deployment_by_name(deployment)
+    base = infra.ensure_prefect()["PREFECT_API_URL"].removesuffix("/api")
+    return f"{base}/v2/deployments/deployment/{found.id}/run"
+
+
+def _button_showing(text: str) -> str:
+    return f"[...document.querySelectorAll('button')].find(b => b.innerText.trim() === {text!r})"
+
+
+def test_the_settings_form_reads_as_words_and_the_model_is_a_registry_dropdown(
+    chromium: str, tmp_path: Path
+) -> None:
+    from cdp import Browser
+
+    from vsrflow.settings import DEFAULT_MODEL, REGISTRY_NAMES
+
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(_form_url("upscale-video/upscale-video"), until_text=DEFAULT_MODEL)
+        text = _norm(browser.text())
+        browser.screenshot(tmp_path / "form.png")
+        assert "Property is type" not in text
+        # Groups titled in words, bounds visible in the descriptions.
+        for words in ("Model", "Output size", "Engine", "Encoder", "Batches", "(0-63;", "(1-64)"):
+            assert words in text, words
+        browser.click(_button_showing(DEFAULT_MODEL))
+        browser.wait_for("document.querySelectorAll('[role=option]').length > 0")
+        options = browser.evaluate(
+            "[...document.querySelectorAll('[role=option]')].map(o => o.innerText.trim())"
+        )
+        time.sleep(0.5)  # let the opening animation finish before the screenshot
+        shot = browser.screenshot(tmp_path / "model-dropdown.png")
+        assert shot.stat().st_size > 10_000
+        assert options == list(REGISTRY_NAMES), options
+    finally:
+        browser.close()
+
+
+def test_the_form_refuses_a_malformed_s3_uri_in_words_before_a_run_exists(
+    chromium: str, tmp_path: Path
+) -> None:
+    from cdp import Browser
+
+    deployment = "upscale-video/upscale-video"
+    before = len(ds.runs_of(deployment, ""))
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(_form_url(deployment), until_text="input_path")
+        for index, value in ((0, "/data/in.mp4"), (1, "s3:/bucket/out.mp4")):
+            browser.click(f"document.querySelectorAll('textarea')[{index}]")
+            browser.call("Input.insertText", text=value)
+        browser.click(_button_showing("Submit"))
+        browser.wait_for("document.body.innerText.includes('two slashes after s3:')")
+        browser.evaluate("window.scrollTo(0, 0)")
+        browser.screenshot(tmp_path / "refused.png")
+        text = _norm(browser.text())
+        assert "does not match" not in text  # words, not a regular expression
+    finally:
+        browser.close()
+    assert len(ds.runs_of(deployment, "")) == before  # nothing was created

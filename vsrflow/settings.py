@@ -85,6 +85,8 @@ class _Group(BaseModel):
 class ModelSettings(_Group):
     """Which network upscales the frames."""
 
+    model_config = ConfigDict(title="Model")
+
     name: RegistryModel = _field(  # type: ignore[valid-type]
         DEFAULT_MODEL,
         "Upscaling model. realesr-general-x4v3: live action, fast (default). "
@@ -133,6 +135,8 @@ class ModelSettings(_Group):
 class SizeSettings(_Group):
     """The output picture size (the model's own factor unless you ask for another)."""
 
+    model_config = ConfigDict(title="Output size")
+
     outscale: float = _field(
         0.0,
         "Scale factor of the output (0.25-16, e.g. 2 or 1.5); the model's own factor (4 for "
@@ -173,6 +177,8 @@ class SizeSettings(_Group):
 
 class EngineOptions(_Group):
     """How frames go through the model: precision, tiles, frames per pass."""
+
+    model_config = ConfigDict(title="Engine")
 
     precision: Precision = _field(
         "auto",
@@ -239,6 +245,8 @@ class EngineOptions(_Group):
 class EncoderOptions(_Group):
     """How the upscaled video is compressed."""
 
+    model_config = ConfigDict(title="Encoder")
+
     codec: Codec = _field(  # type: ignore[valid-type]
         "h264",
         "Video codec of the output. h264: plays everywhere. hevc: about half the size at the "
@@ -292,6 +300,8 @@ class EncoderOptions(_Group):
 class BatchOptions(_Group):
     """How the video is cut into batches (one task each: the unit of retry and resume)."""
 
+    model_config = ConfigDict(title="Batches")
+
     seconds: float = _field(
         4.0,
         "Seconds of video per batch (0.1-3600). Shorter batches resume finer after a crash "
@@ -317,6 +327,8 @@ class BatchOptions(_Group):
 
 class UpscaleSettings(_Group):
     """Everything that decides the output of an upscale, grouped as the form shows it."""
+
+    model_config = ConfigDict(title="Settings")
 
     model: ModelSettings = Field(
         default_factory=ModelSettings, description="Which network upscales the frames."

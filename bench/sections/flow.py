@@ -26,18 +26,14 @@ def run_flow(source: Path, output: Path, work_dir: Path) -> dict[str, Any]:
     local profile with the engine's default micro-batch and tiles; returns the flow's summary.
     The flow's parameters appear nowhere else in the bench."""
     from flows.upscale_video import upscale_video
-    from vsrflow.engine import EngineSettings
+    from vsrflow.results import as_json
+    from vsrflow.settings import UpscaleSettings
 
-    defaults = EngineSettings()
-    return upscale_video(
-        input_path=str(source),
-        output_path=str(output),
-        model=str(SHARED / "models" / WEIGHTS_NAME),
-        work_dir=str(work_dir),
-        micro_batch=defaults.micro_batch,
-        tile=defaults.tile,
-        tile_pad=defaults.tile_pad,
+    settings = UpscaleSettings(model={"weights_path": str(SHARED / "models" / WEIGHTS_NAME)})
+    result = upscale_video(
+        input_path=str(source), output_path=str(output), settings=settings, work_dir=str(work_dir)
     )
+    return as_json(result)
 
 
 class FlowBench:
