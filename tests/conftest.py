@@ -47,6 +47,49 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("VSRFLOW_SHARED_DIR", str(REPO_ROOT.parent / "shared")))
 
 
+def _git_status() -> set[str] | None:
+    """``git status --porcelain`` lines (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(out.splitlines())
+
+
+_STATUS_AT_START: set[str] | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _STATUS_AT_START
+    _STATUS_AT_START = _git_status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the services (Slurm, S3, Prefect server) this session started itself; then the
+    suite must have left the checkout as it found it: a test that writes run output, caches
+    or result records into the repository (as a cache-policy bug once wrote batch/) fails
+    the run, naming the files."""
+    import infra
+
+    infra.stop_started()
+    after = _git_status()
+    if _STATUS_AT_START is None or after is None:
+        return
+    new = sorted(after - _STATUS_AT_START)
+    if new:
+        print("\nthe test suite changed the checkout (git status):\n  " + "\n  ".join(new))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the temporary PREFECT_HOME this conftest created (never a user-provided one)."""
     if _PREFECT_HOME_CREATED is not None:
@@ -182,9 +225,3 @@ def audio_only_file(media_dir: Path) -> mf.FixtureInfo:
     """An AAC-only .m4a: opens, but has no video stream."""
     return mf.make_audio_only(media_dir / "audio_only.m4a")
 
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop the services (Slurm, S3, Prefect server) this test session started itself."""
-    import infra
-
-    infra.stop_started()
