@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,8 +35,15 @@ PREFECT_ENV_DEFAULTS = {
 }
 
 
-def _is_image_job(source: Path) -> bool:
-    return source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES
+def _is_image_job(source: str | Path) -> bool:
+    """An image or a folder of images: a local directory or image file, or an s3:// key
+    ending in an image suffix or a prefix ending in '/' (or the bucket itself)."""
+    text = os.fspath(source)
+    if text.startswith("s3://"):
+        key = text[len("s3://") :].partition("/")[2]
+        return not key or key.endswith("/") or PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES
+    path = Path(text)
+    return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -142,11 +149,16 @@ def _run_upscale(args: argparse.Namespace) -> int:
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     settings = _settings(args)
-    source = Path(args.input)
-    if _is_image_job(source):
+    if _is_image_job(args.input):
         from flows.upscale_images import upscale_images
 
-        images = upscale_images(args.input, args.output, settings, **_placement(args))
+        images = upscale_images(
+            args.input,
+            args.output,
+            settings,
+            credentials_block=args.credentials_block or "",
+            **_placement(args),
+        )
         print(json.dumps(as_json(images), indent=2))
         return 0
 

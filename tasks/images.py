@@ -1,32 +1,153 @@
-"""Upscale-image task: one image per task run, cached by image content and settings."""
+"""Image tasks: plan a job (list, identify, key), upscale one image per task run (cached by
+content and settings), write the job's manifest. Sources and outputs are local paths or
+s3:// URIs; credentials come from the named AwsCredentials block (see tasks.storage)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from tasks.caching import KeyedBy
+from tasks.retry import retry_transient
+from tasks.storage import locations_for
 from tasks.upscale import upscaler_for
-from vsrflow.images import ImageResult, upscale_image_file
+from vsrflow import PIPELINE_VERSION
+from vsrflow.errors import redacting
+from vsrflow.images import ImageResult, pair_images, upscale_image_at
 from vsrflow.job import UpscaleJob
+from vsrflow.locations import Locations
+
+#: Threads identifying sources and checking outputs while planning (HEAD requests on S3,
+#: sha256 of local files): enough to hide round trips, few enough for any endpoint.
+PLAN_THREADS = 8
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of a job: where it comes from and goes, its cache key, and whether its
+    output exists (a cache record for a missing output is not trusted)."""
+
+    source: str
+    output: str
+    source_identity: str
+    key: str
+    output_exists: bool
+
+
+@dataclass(frozen=True)
+class ImagesPlan:
+    items: tuple[ImageItem, ...]
+    folder: bool
+    #: The output file, or the output folder of a folder job.
+    output: str
+    manifest: str
+
+
+def image_key(source_identity: str, output: str, job: UpscaleJob, weights: str) -> str:
+    """The cache key of one image: its content (:meth:`Locations.identity`: sha256 of a local
+    file, ETag + size of an object), the output location, weights and every setting that
+    changes the pixels or the file."""
+    payload = [
+        PIPELINE_VERSION,
+        source_identity,
+        output,
+        PurePosixPath(output).suffix.lower(),
+        weights,
+        job.outscale,
+        job.target_height,
+        job.engine.identity(),
+        job.alpha_mode,
+    ]
+    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
+
+
+def _item(locations: Locations, pair: tuple[str, str], job: UpscaleJob, weights: str) -> ImageItem:
+    source, output = pair
+    identity = locations.identity(source)
+    return ImageItem(
+        source,
+        output,
+        identity,
+        image_key(identity, output, job, weights),
+        locations.exists(output),
+    )
+
+
+@task(
+    name="plan-images",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def plan_images(
+    input_path: str,
+    output_path: str,
+    job: UpscaleJob,
+    weights: str,
+    credentials_block: str | None = None,
+) -> ImagesPlan:
+    """List the images (one file, a folder or an s3:// prefix), pair them with outputs,
+    identify each source and check which outputs exist. A missing source fails here, before
+    any compute, with the storage layer's message (no URL, no secret)."""
+    locations = locations_for(credentials_block)
+    with redacting():
+        pairs = pair_images(locations, input_path, output_path)
+        with ThreadPoolExecutor(min(PLAN_THREADS, len(pairs.pairs))) as pool:
+            items = tuple(pool.map(lambda p: _item(locations, p, job, weights), pairs.pairs))
+    return ImagesPlan(items, pairs.folder, pairs.output, pairs.manifest)
+
+
+def _image_run_name() -> str:
+    source = str(task_run.parameters.get("source", ""))
+    return f"image-{PurePosixPath(source).name}"
 
 
 @task(
     name="upscale-image",
-    task_run_name="image-{source.name}",
+    task_run_name=_image_run_name,
     retries=2,
     retry_delay_seconds=1,
+    retry_condition_fn=retry_transient,
     cache_policy=KeyedBy(parameter="key", prefix="upscale-image-"),
     persist_result=True,
 )
-def upscale_image(source: Path, output: Path, job: UpscaleJob, key: str) -> ImageResult:
-    """Upscale ``source`` into ``output`` (atomic write)."""
-    return upscale_image_file(
-        source,
-        output,
-        upscaler_for(job),
-        outscale=job.outscale,
-        target_height=job.target_height,
-        alpha_mode=job.alpha_mode,  # type: ignore[arg-type]
-    )
+def upscale_image(
+    source: str, output: str, job: UpscaleJob, key: str, credentials_block: str | None = None
+) -> ImageResult:
+    """Upscale ``source`` into ``output`` (local or s3://): the source is read whole (a scratch
+    copy for S3), the output published atomically (S3: temporary key -> verify -> copy)."""
+    with redacting():
+        return upscale_image_at(
+            source,
+            output,
+            upscaler_for(job),
+            locations=locations_for(credentials_block),
+            outscale=job.outscale,
+            target_height=job.target_height,
+            alpha_mode=job.alpha_mode,  # type: ignore[arg-type]
+        )
+
+
+@task(
+    name="write-manifest",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def write_manifest(
+    location: str, document: dict[str, Any], credentials_block: str | None = None
+) -> str:
+    """Write the job's manifest JSON (local: scratch + rename; S3: one PUT)."""
+    with redacting():
+        locations_for(credentials_block).write_json(location, document)
+    return location

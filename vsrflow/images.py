@@ -6,15 +6,29 @@ channels and comes back as one; alpha is upscaled separately (through the model,
 Real-ESRGAN does, or bicubic) so colour never bleeds into transparency. PNG is written with
 FFmpeg's encoder at the source bit depth; JPEG/WebP (8-bit formats) with Pillow. Every file is
 written under a temporary name and renamed into place.
+
+Locations (:func:`upscale_image_at`): a source or output may be a local path or an
+``s3://bucket/key``. An S3 source is fetched whole into a private scratch file (one GET
+through a presigned URL, :meth:`Locations.readable`) and decoded from there, rather than
+streamed into FFmpeg through the URL: images are small and decoded whole anyway, so range
+reads would save nothing; the scratch file goes through exactly the demuxer and decoder a
+local copy of the image would (same pixels, byte for byte); and FFmpeg never sees the
+presigned URL, so no decoder message can carry its signature. Outputs are written to scratch
+and published like videos (:meth:`Locations.publish`: local rename, or S3 temporary key ->
+verify -> server-side copy), so a reader never sees half an image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import av
@@ -24,10 +38,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vsrflow import storage
+from vsrflow.catalog import list_candidates, normalize_prefix
 from vsrflow.engine import Upscaler, output_geometry
-from vsrflow.errors import CorruptMediaError, EmptyFileError, NotMediaError
+from vsrflow.errors import (
+    CorruptMediaError,
+    EmptyFileError,
+    NotMediaError,
+    ObjectNotFoundError,
+    StorageAccessDeniedError,
+    StorageError,
+    StorageUnavailableError,
+    redact_urls,
+)
+from vsrflow.locations import Locations
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: The manifest of a folder job, inside the output folder (hidden: never listed as an image).
+FOLDER_MANIFEST = ".vsrflow-manifest.json"
+#: The manifest of a single-image job sits beside the output: ``<output>.manifest.json``.
+MANIFEST_SUFFIX = ".manifest.json"
 AlphaMode = Literal["model", "bicubic"]
 
 
@@ -54,6 +84,8 @@ class ImageResult:
     height: int
     channels: int
     bit_depth: int
+    #: Size of the published file or object.
+    output_bytes: int = 0
 
 
 def _pixel_layout(pix_fmt: str) -> tuple[int, bool, bool]:
@@ -68,16 +100,20 @@ def _pixel_layout(pix_fmt: str) -> tuple[int, bool, bool]:
     return (4 if has_alpha else 3), has_alpha, deep
 
 
-def read_image(path: str | os.PathLike[str]) -> LoadedImage:
-    """Decode an image file; specific errors for empty or non-image files."""
+def read_image(path: str | os.PathLike[str], *, label: str | None = None) -> LoadedImage:
+    """Decode an image file; specific errors for empty or non-image files.
+
+    ``label`` names the image in messages (the s3:// source of a scratch copy)."""
     path = Path(path)
+    name = label or str(path)
     if path.stat().st_size == 0:
-        raise EmptyFileError(f"{path} is empty (0 bytes)")
+        raise EmptyFileError(f"{name} is empty (0 bytes)")
     try:
         with av.open(str(path)) as container:
             frame = next(container.decode(video=0))
     except (av.error.FFmpegError, StopIteration, IndexError) as exc:
-        raise NotMediaError(f"{path} is not an image FFmpeg can decode: {exc}") from exc
+        detail = str(exc).replace(str(path), name)
+        raise NotMediaError(f"{name} is not an image FFmpeg can decode: {detail}") from exc
     channels, has_alpha, deep = _pixel_layout(frame.format.name)
     if channels == 1:
         arr = frame.to_ndarray(format="gray16le" if deep else "gray")[..., None]
@@ -89,7 +125,7 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     else:
         arr = frame.to_ndarray(format="rgb48le" if deep else "rgb24")
     if arr.size == 0:
-        raise CorruptMediaError(f"{path}: decoded an empty image")
+        raise CorruptMediaError(f"{name}: decoded an empty image")
     return LoadedImage(np.ascontiguousarray(arr))
 
 
@@ -197,17 +233,205 @@ def upscale_image_file(
     target_height: int | None = None,
     alpha_mode: AlphaMode = "model",
 ) -> ImageResult:
-    """Read, upscale and atomically write one image."""
-    image = read_image(source)
+    """Read, upscale and atomically write one local image (see :func:`upscale_image_at`)."""
+    return upscale_image_at(
+        os.fspath(source),
+        os.fspath(output),
+        upscaler,
+        outscale=outscale,
+        target_height=target_height,
+        alpha_mode=alpha_mode,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Images at locations (local paths or s3:// URIs)
+
+#: Seconds a read of an image object may stall before it counts as a failure (transient).
+FETCH_TIMEOUT_S = 60.0
+
+
+def fetch(url: str, dest: Path, *, label: str) -> int:
+    """Download ``url`` (a presigned GET, a bearer secret) into ``dest``; returns the bytes.
+
+    Read whole into memory (images are small), so a cut transfer shows as IncompleteRead.
+    Failures name ``label`` (the s3:// URI), never the URL: 404 -> ObjectNotFoundError, 403 ->
+    StorageAccessDeniedError, 5xx / unreachable / cut transfer -> StorageUnavailableError
+    (transient: worth a retry). The original exception is dropped, since it carries the URL.
+    """
+    failure: StorageError | None = None
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+            data = response.read()
+    except urllib.error.HTTPError as exc:
+        failure = _http_failure(exc.code, label)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        failure = StorageUnavailableError(
+            f"cannot read {label}: S3 endpoint unreachable or the transfer was cut "
+            f"({type(exc).__name__}: {redact_urls(str(reason))}); this is transient, retry later"
+        )
+    if failure is not None:
+        raise failure from None
+    dest.write_bytes(data)
+    return len(data)
+
+
+def _http_failure(code: int, label: str) -> StorageError:
+    if code == 404:
+        return ObjectNotFoundError(
+            f"cannot read {label}: no object under that key (HTTP 404). Check the key and "
+            "the bucket, or upload the object first"
+        )
+    if code == 403:
+        return StorageAccessDeniedError(
+            f"cannot read {label}: access denied (HTTP 403). Check the credentials and the "
+            "bucket policy"
+        )
+    if code >= 500:
+        return StorageUnavailableError(
+            f"cannot read {label}: S3 server error (HTTP {code}); this is transient, retry later"
+        )
+    return StorageError(f"cannot read {label}: HTTP {code}")
+
+
+@contextlib.contextmanager
+def local_copy(locations: Locations, source: str) -> Iterator[Path]:
+    """A local path holding ``source``: the file itself, or a scratch copy of an s3:// object
+    (removed afterwards). Why a copy and not the presigned URL: see the module docstring."""
+    if not locations.is_remote(source):
+        yield Path(source)
+        return
+    with locations.scratch(PurePosixPath(source).name) as dest:
+        fetch(locations.readable(source), dest, label=source)
+        yield dest
+
+
+def _check_stored(locations: Locations, output: str, readable: str, size: tuple[int, int]) -> None:
+    """Publish check: the staged output (a local path, or a presigned URL of the temporary
+    object) decodes as an image of ``size`` (width, height)."""
+    with contextlib.ExitStack() as stack:
+        path = Path(readable)
+        if locations.is_remote(output):
+            path = stack.enter_context(locations.scratch(PurePosixPath(output).name))
+            fetch(readable, path, label=f"{output} (staged copy)")
+        image = read_image(path, label=f"{output} (staged copy)")
+    height, width = image.pixels.shape[:2]
+    if (width, height) != size:
+        raise CorruptMediaError(
+            f"{output}: the stored image is {width}x{height}, expected {size[0]}x{size[1]}; "
+            "it was not published"
+        )
+
+
+def upscale_image_at(
+    source: str,
+    output: str,
+    upscaler: Upscaler,
+    *,
+    locations: Locations | None = None,
+    outscale: float | None = None,
+    target_height: int | None = None,
+    alpha_mode: AlphaMode = "model",
+) -> ImageResult:
+    """Read, upscale and publish one image; ``source`` and ``output`` are local paths or
+    s3:// URIs (any mix). The output is written to scratch, checked (it decodes at the
+    expected size) and published atomically (:meth:`Locations.publish`)."""
+    locations = locations or Locations()
+    suffix = PurePosixPath(output).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"unsupported image format {suffix!r} for {output}; use {', '.join(IMAGE_SUFFIXES)}"
+        )
+    with local_copy(locations, source) as local:
+        image = read_image(local, label=source)
     pixels = upscale_pixels(
         image, upscaler, outscale=outscale, target_height=target_height, alpha_mode=alpha_mode
     )
-    write_image(output, pixels)
+    size = (int(pixels.shape[1]), int(pixels.shape[0]))
+    with locations.scratch_for(output) as staged:
+        write_image(staged, pixels)
+        output_bytes = staged.stat().st_size
+        locations.publish(
+            staged, output, verify=lambda readable: _check_stored(locations, output, readable, size)
+        )
     return ImageResult(
-        source=str(source),
-        output=str(output),
-        width=int(pixels.shape[1]),
-        height=int(pixels.shape[0]),
+        source=source,
+        output=output,
+        width=size[0],
+        height=size[1],
         channels=int(pixels.shape[2]),
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
+        output_bytes=output_bytes,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# What a job covers: (source, output) pairs for a file or a folder, local or s3://
+
+
+@dataclass(frozen=True)
+class ImagePairs:
+    """The images of one job: ``pairs`` of (source, output) locations, sorted by name;
+    ``output`` is the output file or folder; ``manifest`` where the job's manifest goes."""
+
+    pairs: tuple[tuple[str, str], ...]
+    folder: bool
+    output: str
+    manifest: str
+
+
+def _suffix(location: str) -> str:
+    return PurePosixPath(location.rstrip("/")).suffix.lower()
+
+
+def is_image_folder(location: str) -> bool:
+    """A local directory, or an s3:// location that cannot be one image: the bucket itself,
+    a key ending in ``/``, or a key without an image suffix (``s3://b/photos`` means the
+    prefix ``photos/``)."""
+    if storage.is_s3_uri(location):
+        key = storage.parse_s3_uri(location, require_key=False)[1]
+        return not key or key.endswith("/") or _suffix(key) not in IMAGE_SUFFIXES
+    return Path(location).is_dir()
+
+
+def pair_images(locations: Locations, input_path: str, output_path: str) -> ImagePairs:
+    """(source, output) pairs: file -> file (or into a folder, keeping the name), or folder ->
+    folder keeping names. Any side may be local or s3://.
+
+    A folder means the images directly in it (like a directory listing, not its subfolders),
+    listed by :func:`vsrflow.catalog.list_candidates` (local directory or S3 prefix, one
+    listing request per 1000 keys); hidden names (work dirs, manifests, partial uploads) and
+    empty (0-byte) files are skipped, as in the archive listings.
+    """
+    if is_image_folder(input_path):
+        if _suffix(output_path) in IMAGE_SUFFIXES:
+            raise ValueError("input is a folder, so output_path must be a folder too")
+        folder = normalize_prefix(input_path) if storage.is_s3_uri(input_path) else input_path
+        patterns = tuple(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
+        found = sorted(
+            (c for c in list_candidates(locations, folder, patterns) if "/" not in c.relative),
+            key=lambda c: c.relative,
+        )
+        pairs = tuple((c.location, locations.join(output_path, c.relative)) for c in found)
+        if not pairs:
+            raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {input_path}")
+        manifest = locations.join(output_path, FOLDER_MANIFEST)
+        result = ImagePairs(pairs, True, output_path, manifest)
+    else:
+        if not storage.is_s3_uri(input_path) and not Path(input_path).is_file():
+            raise FileNotFoundError(f"input not found: {input_path}")
+        output = output_path
+        if _suffix(output_path) not in IMAGE_SUFFIXES:
+            output = locations.join(output_path, PurePosixPath(input_path).name)
+        result = ImagePairs(((input_path, output),), False, output, output + MANIFEST_SUFFIX)
+    for source, output in result.pairs:
+        if _same_location(source, output):
+            raise ValueError(f"output {output} is the source itself: choose another output_path")
+    return result
+
+
+def _same_location(a: str, b: str) -> bool:
+    if storage.is_s3_uri(a) or storage.is_s3_uri(b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()

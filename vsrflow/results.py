@@ -84,6 +84,14 @@ class ImagesResult:
     model: str
     weights_sha256: str
     parameters: dict[str, Any]
+    #: The job's input and output as given (output: the file, or the folder of a folder job).
+    source: str = ""
+    output: str = ""
+    #: Where the manifest was written: ``<output>.manifest.json`` for one image,
+    #: ``<output folder>/.vsrflow-manifest.json`` for a folder.
+    manifest: str = ""
+    #: Where the cache records were kept (local folder or s3:// prefix).
+    work_dir: str = ""
 
     @property
     def outputs(self) -> list[str]:
