@@ -68,7 +68,7 @@ def upscale_images(
     )
     job = UpscaleJob.from_settings(single)
     weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
-    plan = plan_images(input_path, output_path, job, weights, creds)
+    plan = plan_images(input_path, output_path, settings.output_identity(), weights, creds)
     work = work_dir or default_work_dir(plan.items[0].output)
     results = _upscale_all.with_options(task_runner=get_profile(profile).make_task_runner())(
         list(plan.items), job, work, creds

@@ -13,6 +13,12 @@ output="${2:-$repo/out/$(basename "${input%.*}")_x4.mp4}"
 export VSRFLOW_MODEL_PATH="${VSRFLOW_MODEL_PATH:-$shared/models}"
 export PREFECT_HOME="${PREFECT_HOME:-$repo/.vsrflow/prefect}"
 mkdir -p "$PREFECT_HOME"
-"${VSRFLOW_VENV:-$repo/.venv}/bin/vsrflow" upscale "$input" -o "$output" --content anime
+# The default model for live action is realesr-general-x4v3; ../shared holds it as a
+# conversion of the official release (same network, other bytes than the registry's sha256),
+# so it is given as a weights file. Without it, the registry name (downloaded and verified).
+general="$shared/models/realesr-general-x4v3.from-ncnn-fp16.pth"
+model=(--model realesr-general-x4v3)
+[[ -f "$general" ]] && model=(--weights "$general")
+"${VSRFLOW_VENV:-$repo/.venv}/bin/vsrflow" upscale "$input" -o "$output" "${model[@]}"
 "${VSRFLOW_VENV:-$repo/.venv}/bin/vsrflow" probe "$output" | head -30
 echo "demo: wrote $output" >&2

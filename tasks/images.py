@@ -51,32 +51,33 @@ class ImagesPlan:
     manifest: str
 
 
-def image_key(source_identity: str, output: str, job: UpscaleJob, weights: str) -> str:
+def image_key(
+    source_identity: str, output: str, settings_identity: dict[str, object], weights: str
+) -> str:
     """The cache key of one image: its content (:meth:`Locations.identity`: sha256 of a local
     file, ETag + size of an object), the output location, weights and every setting that
-    changes the pixels or the file."""
+    changes the pixels or the file (``UpscaleSettings.output_identity()``)."""
     payload = [
         PIPELINE_VERSION,
         source_identity,
         output,
         PurePosixPath(output).suffix.lower(),
         weights,
-        job.outscale,
-        job.target_height,
-        job.engine.identity(),
-        job.alpha_mode,
+        settings_identity,
     ]
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
 
 
-def _item(locations: Locations, pair: tuple[str, str], job: UpscaleJob, weights: str) -> ImageItem:
+def _item(
+    locations: Locations, pair: tuple[str, str], identity: dict[str, object], weights: str
+) -> ImageItem:
     source, output = pair
-    identity = locations.identity(source)
+    source_identity = locations.identity(source)
     return ImageItem(
         source,
         output,
-        identity,
-        image_key(identity, output, job, weights),
+        source_identity,
+        image_key(source_identity, output, identity, weights),
         locations.exists(output),
     )
 
@@ -91,7 +92,7 @@ def _item(locations: Locations, pair: tuple[str, str], job: UpscaleJob, weights:
 def plan_images(
     input_path: str,
     output_path: str,
-    job: UpscaleJob,
+    settings_identity: dict[str, object],
     weights: str,
     credentials_block: str | None = None,
 ) -> ImagesPlan:
@@ -102,7 +103,9 @@ def plan_images(
     with redacting():
         pairs = pair_images(locations, input_path, output_path)
         with ThreadPoolExecutor(min(PLAN_THREADS, len(pairs.pairs))) as pool:
-            items = tuple(pool.map(lambda p: _item(locations, p, job, weights), pairs.pairs))
+            items = tuple(
+                pool.map(lambda p: _item(locations, p, settings_identity, weights), pairs.pairs)
+            )
     return ImagesPlan(items, pairs.folder, pairs.output, pairs.manifest)
 
 

@@ -146,7 +146,7 @@ INVALID = [
         "no other scheme",
     ),
     ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "max_videos": 0}, "max_videos", "1"),
-    ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "patterns": []}, "patterns", "short"),
+    ("watch-arrivals/watch-arrivals", {**_ARCHIVE, "patterns": []}, "patterns", "non-empty"),
 ]
 
 

@@ -204,3 +204,11 @@ def test_cli_refuses_contradicting_shortcuts() -> None:
     path = parser.parse_args(["upscale", "a.mp4", "-o", "b.mp4", "--model", "w/SwinIR.pth"])
     assert _settings(path).model.weights_path == "w/SwinIR.pth"
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for path, info in LEAVES:
+        assert f"`{cli_flag_of(info)}" in readme and f"`{path}`" in readme, path
