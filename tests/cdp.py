@@ -18,7 +18,9 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-FLAGS = [
+#: Headless, sandbox-free (root in CI), and none of the background connections this closed
+#: network refuses. Every test that starts Chromium uses these.
+HEADLESS_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -26,6 +28,9 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+]
+FLAGS = [
+    *HEADLESS_FLAGS,
     "--hide-scrollbars",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",

@@ -12,11 +12,15 @@ brought up) or ``scripts/<name>/stop.sh``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -128,3 +132,18 @@ def ensure_s3() -> dict[str, str]:
 def ensure_prefect() -> dict[str, str]:
     """One Prefect server on 127.0.0.1; returns PREFECT_API_URL etc."""
     return start("prefect").env
+
+
+@contextlib.contextmanager
+def temporary_bucket(client: Any, prefix: str) -> Iterator[str]:
+    """A new bucket named ``<prefix>-<random>`` on the test S3 server, emptied and deleted
+    afterwards (``client``: a boto3 S3 client)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=obj["Key"])
+        client.delete_bucket(Bucket=name)

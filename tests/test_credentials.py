@@ -54,14 +54,8 @@ def s3_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def bucket(s3_env: dict[str, str]) -> Iterator[str]:
-    client = S3Config.from_env(s3_env).client()
-    name = f"vsrflow-creds-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    yield name
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=obj["Key"])
-    client.delete_bucket(Bucket=name)
+    with infra.temporary_bucket(S3Config.from_env(s3_env).client(), "vsrflow-creds") as name:
+        yield name
 
 
 @pytest.fixture

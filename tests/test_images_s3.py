@@ -74,14 +74,8 @@ def s3(s3_env: dict[str, str]) -> S3Config:
 
 @pytest.fixture(scope="module")
 def bucket(s3: S3Config) -> Iterator[str]:
-    name = f"vsrflow-images-{uuid.uuid4().hex[:10]}"
-    client = s3.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=obj["Key"])
-    client.delete_bucket(Bucket=name)
+    with infra.temporary_bucket(s3.client(), "vsrflow-images") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

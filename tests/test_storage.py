@@ -56,14 +56,8 @@ def cfg(s3_env: dict[str, str]) -> S3Config:
 
 @pytest.fixture(scope="module")
 def bucket(cfg: S3Config) -> Iterator[str]:
-    name = f"vsrflow-storage-{uuid.uuid4().hex[:12]}"
-    client = cfg.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=obj["Key"])
-    client.delete_bucket(Bucket=name)
+    with infra.temporary_bucket(cfg.client(), "vsrflow-storage") as name:
+        yield name
 
 
 @pytest.fixture

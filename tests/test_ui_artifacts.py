@@ -24,18 +24,10 @@ from typing import Any
 import infra
 import media_fixtures as mf
 import pytest
+from cdp import HEADLESS_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--virtual-time-budget=20000",
-]
+CHROMIUM_FLAGS = [*HEADLESS_FLAGS, "--virtual-time-budget=20000"]
 
 
 def _apt_install_chromium() -> str | None:

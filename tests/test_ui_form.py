@@ -20,17 +20,12 @@ from pathlib import Path
 import deploy_support as ds
 import infra
 import pytest
+from cdp import HEADLESS_FLAGS
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+    *HEADLESS_FLAGS,
     "--hide-scrollbars",
     "--window-size=1280,3600",
     "--virtual-time-budget=20000",
