@@ -280,6 +280,7 @@ def _run_job(
         seconds={k: round(v, 3) for k, v in timings.items()},
         work_dir=work,
         chunks_removed=not keep_chunks,
+        batch_results=results,
         artifacts=artifacts,
     )
 

@@ -224,4 +224,3 @@ def chapters_clip(media_dir: Path) -> mf.FixtureInfo:
 def audio_only_file(media_dir: Path) -> mf.FixtureInfo:
     """An AAC-only .m4a: opens, but has no video stream."""
     return mf.make_audio_only(media_dir / "audio_only.m4a")
-

@@ -15,9 +15,9 @@ when each Python process starts.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,19 @@ HOOKS_DIR = Path(__file__).with_name("fault_hooks")
 KIND_ENV = "VSRFLOW_TEST_FAULT"
 BATCHES_ENV = "VSRFLOW_TEST_FAULT_BATCHES"
 MARKERS_ENV = "VSRFLOW_TEST_FAULT_MARKERS"
+#: Where the unwrapped function stays reachable by name while a fault is installed.
+UNWRAPPED = "_unwrapped_upscale_batch"
 
 
-def faulty(original: Callable[..., Any], kind: str, batches: set[int], marker_dir: Path) -> Any:
-    """``original`` wrapped so that each batch in ``batches`` fails once with ``kind``."""
+def faulty(module: str, original: str, kind: str, batches: set[int], marker_dir: Path) -> Any:
+    """The function ``module.original`` wrapped so that each batch in ``batches`` fails once
+    with ``kind``.
+
+    The wrapper holds the *name* of the unwrapped function, not the function: Dask pickles
+    task code by value, and a function found under another name than its own would travel by
+    value too, with private copies of its module's globals (the pipeline's queue sentinel
+    then no longer matches). Looked up in the process that runs the batch, it is that
+    process's own function."""
 
     def wrapper(video: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         marker = marker_dir / f"{batch.key}.{kind}.json"
@@ -38,7 +47,8 @@ def faulty(original: Callable[..., Any], kind: str, batches: set[int], marker_di
             if kind == "crash":
                 os._exit(70)
             raise RuntimeError(f"injected failure of batch {batch.index}")
-        return original(video, batch, *args, **kwargs)
+        unwrapped = getattr(importlib.import_module(module), original)
+        return unwrapped(video, batch, *args, **kwargs)
 
     return wrapper
 
@@ -47,9 +57,9 @@ def install(monkeypatch: Any, kind: str, batches: set[int], marker_dir: Path) ->
     """Make ``batches`` fail once in this process (the task module's reference is patched)."""
     import tasks.upscale
 
-    monkeypatch.setattr(
-        tasks.upscale, "run_batch", faulty(tasks.upscale.run_batch, kind, batches, marker_dir)
-    )
+    monkeypatch.setattr(tasks.upscale, UNWRAPPED, tasks.upscale.run_batch, raising=False)
+    wrapper = faulty("tasks.upscale", UNWRAPPED, kind, batches, marker_dir)
+    monkeypatch.setattr(tasks.upscale, "run_batch", wrapper)
 
 
 def subprocess_env(kind: str, batches: set[int], marker_dir: Path) -> dict[str, str]:

@@ -61,6 +61,8 @@ class VideoResult:
     work_dir: str
     #: Whether the work dir's chunks were removed after publishing.
     chunks_removed: bool
+    #: What each batch did, in batch order (host, Slurm job, seconds, precision, device).
+    batch_results: tuple[BatchResult, ...] = ()
     artifacts: dict[str, Any] = field(default_factory=dict)
 
 

@@ -16,8 +16,10 @@ if os.environ.get("VSRFLOW_TEST_FAULT"):
 
     import vsrflow.pipeline
 
+    setattr(vsrflow.pipeline, faults.UNWRAPPED, vsrflow.pipeline.upscale_batch)
     vsrflow.pipeline.upscale_batch = faults.faulty(
-        vsrflow.pipeline.upscale_batch,
+        "vsrflow.pipeline",
+        faults.UNWRAPPED,
         os.environ[faults.KIND_ENV],
         {int(b) for b in os.environ[faults.BATCHES_ENV].split(",") if b},
         Path(os.environ[faults.MARKERS_ENV]),
