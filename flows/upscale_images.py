@@ -33,7 +33,6 @@ from tasks.storage import result_storage_for
 from vsrflow import PIPELINE_VERSION
 from vsrflow.images import ImageResult
 from vsrflow.job import UpscaleJob
-from vsrflow.models import get_model
 from vsrflow.results import ImageEntry, ImagesResult, ImageStatus
 from vsrflow.settings import UpscaleSettings
 
@@ -67,8 +66,8 @@ def upscale_images(
         update={"engine": settings.engine.model_copy(update={"micro_batch": 1})}
     )
     job = UpscaleJob.from_settings(single)
-    weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
-    plan = plan_images(input_path, output_path, settings.output_identity(), weights, creds)
+    plan = plan_images(input_path, output_path, job, settings.output_identity(), creds)
+    weights = plan.weights_sha256
     work = work_dir or default_work_dir(plan.items[0].output)
     results = _upscale_all.with_options(task_runner=get_profile(profile).make_task_runner())(
         list(plan.items), job, work, creds

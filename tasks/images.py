@@ -24,6 +24,7 @@ from vsrflow.errors import redacting
 from vsrflow.images import ImageResult, pair_images, upscale_image_at
 from vsrflow.job import UpscaleJob
 from vsrflow.locations import Locations
+from vsrflow.models import get_model
 
 #: Threads identifying sources and checking outputs while planning (HEAD requests on S3,
 #: sha256 of local files): enough to hide round trips, few enough for any endpoint.
@@ -49,6 +50,8 @@ class ImagesPlan:
     #: The output file, or the output folder of a folder job.
     output: str
     manifest: str
+    #: sha256 of the resolved (downloaded and verified, if need be) weights.
+    weights_sha256: str
 
 
 def image_key(
@@ -92,13 +95,15 @@ def _item(
 def plan_images(
     input_path: str,
     output_path: str,
+    job: UpscaleJob,
     settings_identity: dict[str, object],
-    weights: str,
     credentials_block: str | None = None,
 ) -> ImagesPlan:
-    """List the images (one file, a folder or an s3:// prefix), pair them with outputs,
-    identify each source and check which outputs exist. A missing source fails here, before
+    """Resolve the weights (download + verify if needed), list the images (one file, a
+    folder or an s3:// prefix), pair them with outputs, identify each source and check which
+    outputs exist. A missing source fails here, before
     any compute, with the storage layer's message (no URL, no secret)."""
+    weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
     locations = locations_for(credentials_block)
     with redacting():
         pairs = pair_images(locations, input_path, output_path)
@@ -106,7 +111,7 @@ def plan_images(
             items = tuple(
                 pool.map(lambda p: _item(locations, p, settings_identity, weights), pairs.pairs)
             )
-    return ImagesPlan(items, pairs.folder, pairs.output, pairs.manifest)
+    return ImagesPlan(items, pairs.folder, pairs.output, pairs.manifest, weights)
 
 
 def _image_run_name() -> str:
