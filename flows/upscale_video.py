@@ -35,8 +35,9 @@ from tasks.artifacts import publish_report, report_progress, start_progress
 from tasks.lease import acquire_lease, release_lease
 from tasks.media import assemble_output, plan_job, probe_source
 from tasks.storage import result_storage_for
-from tasks.upscale import remove_chunks, upscale_batch
+from tasks.upscale import check_cached_chunk, remove_chunks, upscale_batch
 from vsrflow import PIPELINE_VERSION, storage
+from vsrflow.chunks import ChunkProblem
 from vsrflow.compare import middle_frame
 from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.media.assemble import AssemblyReport
@@ -110,6 +111,7 @@ def upscale_batches(
     resubmits = dict.fromkeys(futures, 0)
     results: dict[int, BatchResult] = {}
     cached = 0
+    bad_chunks: list[ChunkProblem] = []
     batches = {b.index: b for b in plan.batches}
     while len(results) < len(plan.batches):
         # Resubmitted futures join the next round; the others are handled as they finish.
@@ -117,8 +119,16 @@ def upscale_batches(
         for future in as_completed([futures[i] for i in pending.values()]):
             index = pending[id(future)]
             try:
-                results[index] = future.result()
-                cached += future.state.name == "Cached"
+                result = future.result()
+                if future.state.name == "Cached":
+                    problem = check_cached_chunk(result, credentials_block)
+                    if problem is not None:  # never trusted: recomputed, named in the summary
+                        logger.warning("recomputing %s", problem.describe())
+                        bad_chunks.append(problem)
+                        futures[index] = submit(batches[index], True)
+                        continue
+                    cached += 1
+                results[index] = result
             except Exception as exc:
                 if not _is_worker_loss(exc) or resubmits[index] >= WORKER_LOSS_RESUBMITS:
                     raise
@@ -134,7 +144,13 @@ def upscale_batches(
                 )
                 report_progress(progress_artifact_id, counts)
     ordered = tuple(results[b.index] for b in plan.batches)
-    return BatchOutcome(ordered, cached, len(ordered) - cached, sum(resubmits.values()))
+    return BatchOutcome(
+        ordered,
+        cached,
+        len(ordered) - cached,
+        sum(resubmits.values()),
+        tuple(p.describe() for p in bad_chunks),
+    )
 
 
 @flow(name="upscale-video", log_prints=True)
@@ -232,6 +248,7 @@ def _run_job(
         "batches": len(plan.batches),
         "batches_cached": outcome.cached,
         "batches_computed": outcome.computed,
+        "recomputed_bad_chunks": list(outcome.bad_chunks),
         "workers": list(workers),
     }
     t0 = time.perf_counter()
@@ -276,6 +293,7 @@ def _run_job(
         batches_cached=outcome.cached,
         batches_computed=outcome.computed,
         resubmitted=outcome.resubmitted,
+        bad_chunks=outcome.bad_chunks,
         workers=workers,
         seconds={k: round(v, 3) for k, v in timings.items()},
         work_dir=work,
@@ -322,4 +340,5 @@ def _run_summary(
         computed=outcome.computed,
         resubmitted=outcome.resubmitted,
         workers=tuple(sorted({worker_label(r.host, r.slurm_job_id) for r in results})),
+        bad_chunks=outcome.bad_chunks,
     )

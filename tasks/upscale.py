@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.caching import KeyedBy
 from tasks.retry import retry_transient
 from tasks.storage import locations_for
+from vsrflow.chunks import ChunkProblem, check_chunk
 from vsrflow.engine import Upscaler
 from vsrflow.errors import redacting
 from vsrflow.job import UpscaleJob
@@ -93,5 +94,21 @@ def upscale_batch(
             out_size=out_size,
             progress=progress,
         )
+        chunk_bytes = staged.stat().st_size
         locations.store(staged, target)
-    return dataclasses.replace(result, chunk=target)
+    return dataclasses.replace(result, chunk=target, chunk_bytes=chunk_bytes)
+
+
+@task(
+    name="check-cached-chunk",
+    task_run_name="check-chunk-{result.index}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+)
+def check_cached_chunk(
+    result: BatchResult, credentials_block: str | None = None
+) -> ChunkProblem | None:
+    """Check a chunk reused from the cache before trusting it (size and frame count)."""
+    return check_chunk(locations_for(credentials_block), result)

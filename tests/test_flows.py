@@ -7,6 +7,7 @@ and the demo do, on tiny synthetic clips and the real animevideov3 weights.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,27 @@ def test_video_flow_output_and_cache_across_runs(
     third = _run(vfr_clip.path, output, model_path, work, keep_chunks=True)
     assert third.batches_computed == 1 and third.batches_cached == batches - 1
     assert _decoded(output)[0] == _decoded(Path(vfr_clip.path))[0]
+
+
+def test_a_damaged_cached_chunk_is_recomputed_and_named(
+    no_audio_clip: mf.FixtureInfo, model_path: str, tmp_path: Path
+) -> None:
+    output, work = tmp_path / "out.mp4", tmp_path / "work"
+    first = _run(no_audio_clip.path, output, model_path, work, keep_chunks=True)
+    good = output.read_bytes()
+    chunks = {r.index: Path(r.chunk) for r in first.batch_results}
+    assert all(r.chunk_bytes == chunks[r.index].stat().st_size for r in first.batch_results)
+    # Batch 1: cut short (a full disk); batch 2: same size, garbage inside.
+    cut = chunks[1].read_bytes()
+    chunks[1].write_bytes(cut[: len(cut) // 2])
+    chunks[2].write_bytes(bytes(len(chunks[2].read_bytes())))
+    second = _run(no_audio_clip.path, output, model_path, work, keep_chunks=True)
+    assert second.batches_computed == 2 and second.batches_cached == first.batches - 2
+    assert [p.split(":")[0] for p in second.bad_chunks] == ["batch 1", "batch 2"]
+    assert "bytes, its cache record says" in second.bad_chunks[0]
+    assert output.read_bytes() == good
+    manifest = json.loads(Path(f"{output}.manifest.json").read_text())
+    assert manifest["recomputed_bad_chunks"] == list(second.bad_chunks)
 
 
 def test_changed_settings_invalidate_the_cache(

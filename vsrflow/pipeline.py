@@ -49,6 +49,9 @@ class BatchResult:
     device: str
     host: str
     slurm_job_id: str | None
+    #: Size of the stored chunk, recorded with the cache record so a reuse can check it
+    #: (0: not recorded, e.g. a record of an older version).
+    chunk_bytes: int = 0
 
 
 class _Worker(threading.Thread):

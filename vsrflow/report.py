@@ -46,6 +46,8 @@ class RunSummary:
     computed: int
     resubmitted: int
     workers: tuple[str, ...] = ()
+    #: Cached chunks found damaged and recomputed ("batch 3: chunk has ... bytes ...").
+    bad_chunks: tuple[str, ...] = ()
 
     @property
     def total_seconds(self) -> float:
@@ -222,6 +224,9 @@ def render_summary(
         f"| {summary.batches} | {summary.computed} | {summary.cached} | {summary.resubmitted} |",
         "",
     ]
+    if summary.bad_chunks:
+        lines += ["**Recomputed damaged cached chunks:**", ""]
+        lines += [f"- {problem}" for problem in summary.bad_chunks] + [""]
     if summary.workers:
         shown = ", ".join(_code(w) for w in summary.workers[:20])
         more = f" and {len(summary.workers) - 20} more" if len(summary.workers) > 20 else ""

@@ -36,6 +36,8 @@ class BatchOutcome:
     cached: int
     computed: int
     resubmitted: int
+    #: Cached chunks that failed their check and were recomputed ("batch 3: ...").
+    bad_chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class VideoResult:
     batches_cached: int
     batches_computed: int
     resubmitted: int
+    bad_chunks: tuple[str, ...]
     workers: tuple[str, ...]
     seconds: dict[str, float]
     work_dir: str
