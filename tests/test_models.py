@@ -8,6 +8,7 @@ at a closed local port, so nothing can reach the internet by accident.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -266,6 +267,45 @@ def test_unreachable_mirror_is_a_clear_error(tmp_path: Path) -> None:
         resolve_weights(ANIME, cache_dir=tmp_path / "cache", search_path=[], progress=False)
 
 
+@contextlib.contextmanager
+def _mirror(
+    handler: type[BaseHTTPRequestHandler], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Serve ``handler`` on 127.0.0.1 as the weights mirror while the block runs."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
+    try:
+        yield
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def _slow_handler(release: threading.Event, *, drip_s: float | None) -> type:
+    """Headers and 1000 bytes, then nothing (``drip_s`` None) or 10 bytes every ``drip_s``."""
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            while drip_s is not None and not release.wait(drip_s):
+                self.wfile.write(b"x" * 10)
+                self.wfile.flush()
+            release.wait(30)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Slow
+
+
 def test_stalled_mirror_times_out_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,37 +315,44 @@ def test_stalled_mirror_times_out_and_leaves_nothing(
     from vsrflow.models import weights as weights_module
 
     release = threading.Event()
-
-    class Stalling(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "1000000")
-            self.end_headers()
-            self.wfile.write(b"x" * 1000)
-            self.wfile.flush()
-            release.wait(30)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
     monkeypatch.setattr(weights_module, "_DOWNLOAD_TIMEOUT_S", 0.5)
     cache = tmp_path / "cache"
-    try:
-        started = time.monotonic()
-        with pytest.raises(WeightsDownloadError, match="timed out"):
-            resolve_weights(ANIME, cache_dir=cache, search_path=[], progress=False)
-        assert time.monotonic() - started < 10
-        assert _files_under(cache) == []
-    finally:
-        release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with _mirror(_slow_handler(release, drip_s=None), monkeypatch):
+        try:
+            started = time.monotonic()
+            with pytest.raises(WeightsDownloadError, match="timed out"):
+                resolve_weights(ANIME, cache_dir=cache, search_path=[], progress=False)
+            assert time.monotonic() - started < 10
+            assert _files_under(cache) == []
+        finally:
+            release.set()
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"VSRFLOW_DOWNLOAD_SPEED_WINDOW_S": "1.5"}, "stalled at"),
+        ({"VSRFLOW_DOWNLOAD_DEADLINE_S": "2", "VSRFLOW_DOWNLOAD_MIN_SPEED": "0"}, "not finished"),
+    ],
+)
+def test_a_dripping_mirror_is_given_up_within_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], words: str
+) -> None:
+    """10 bytes every 0.1 s never trips the per-read timeout; the speed floor over a window
+    and the overall deadline do, and nothing is left in the cache."""
+    release = threading.Event()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cache = tmp_path / "cache"
+    with _mirror(_slow_handler(release, drip_s=0.1), monkeypatch):
+        try:
+            started = time.monotonic()
+            with pytest.raises(WeightsDownloadError, match=words):
+                resolve_weights(ANIME, cache_dir=cache, search_path=[], progress=False)
+            assert time.monotonic() - started < 8
+            assert _files_under(cache) == []
+        finally:
+            release.set()
 
 
 def test_no_download_allowed_and_nothing_cached(

@@ -25,6 +25,12 @@ Environment:
 ``VSRFLOW_MODEL_BASE_URL``
     Replaces ``https://github.com/xinntao/Real-ESRGAN/releases/download/`` for mirrors and
     tests; the release path below it (``v0.2.5.0/<file>.pth``) is kept.
+``VSRFLOW_DOWNLOAD_DEADLINE_S``
+    Longest a whole download may take (default 3600 s).
+``VSRFLOW_DOWNLOAD_MIN_SPEED``, ``VSRFLOW_DOWNLOAD_SPEED_WINDOW_S``
+    A mirror that delivers fewer than MIN_SPEED bytes/s (default 10240) over the last WINDOW
+    seconds (default 30) is given up on: the per-read timeout alone never fires on a mirror
+    that drips a byte at a time.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -232,9 +239,51 @@ def _download(spec: ModelSpec, cache: Path, *, progress: bool) -> Path:
     return final
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise WeightsDownloadError(f"{name}={value!r} is not a number") from None
+
+
+class _Pace:
+    """Gives up on a transfer that takes too long overall or crawls (see the module doc)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.deadline_s = _env_float("VSRFLOW_DOWNLOAD_DEADLINE_S", 3600.0)
+        self.min_speed = _env_float("VSRFLOW_DOWNLOAD_MIN_SPEED", 10240.0)
+        self.window_s = _env_float("VSRFLOW_DOWNLOAD_SPEED_WINDOW_S", 30.0)
+        self.started = time.monotonic()
+        self.window_start = self.started
+        self.window_bytes = 0
+
+    def check(self, received: int, chunk: int) -> None:
+        now = time.monotonic()
+        if now - self.started > self.deadline_s:
+            raise WeightsDownloadError(
+                f"{self.label}: not finished after {self.deadline_s:.0f} s "
+                f"({received} bytes; VSRFLOW_DOWNLOAD_DEADLINE_S)"
+            )
+        self.window_bytes += chunk
+        elapsed = now - self.window_start
+        if elapsed >= self.window_s:
+            speed = self.window_bytes / elapsed
+            if speed < self.min_speed:
+                raise WeightsDownloadError(
+                    f"{self.label}: stalled at {speed:.0f} bytes/s over {elapsed:.0f} s "
+                    f"(below VSRFLOW_DOWNLOAD_MIN_SPEED={self.min_speed:.0f}) after "
+                    f"{received} bytes"
+                )
+            self.window_start, self.window_bytes = now, 0
+
+
 def _stream(url: str, out: BinaryIO, spec: ModelSpec, *, progress: bool) -> str:
-    """Copy ``url`` into ``out`` in 1 MiB blocks, returning the sha256 of what was written."""
+    """Copy ``url`` into ``out`` as bytes arrive (up to 1 MiB per read), returning the sha256
+    of what was written; gives up on a crawling or endless transfer (:class:`_Pace`)."""
     digest = hashlib.sha256()
+    pace = _Pace(f"downloading {spec.name} from {url} failed")
     request = urllib.request.Request(url, headers={"User-Agent": "vsrflow"})
     announced: int | None = None
     received = 0
@@ -251,11 +300,13 @@ def _stream(url: str, out: BinaryIO, spec: ModelSpec, *, progress: bool) -> str:
                 disable=not progress,
                 leave=False,
             ) as bar:
-                while chunk := response.read(_CHUNK):
+                # read1: what has arrived (a drip must not block inside one 1 MiB read).
+                while chunk := response.read1(_CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
                     received += len(chunk)
+                    pace.check(received, len(chunk))
     except urllib.error.HTTPError as exc:
         raise WeightsDownloadError(
             f"downloading {spec.name} from {url} failed: HTTP {exc.code} {exc.reason}"
