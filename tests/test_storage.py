@@ -208,7 +208,7 @@ def test_client_factory_is_called_once_with_the_defaults(
     assert seen[0].s3 == {"addressing_style": "path"} and seen[0].signature_version == "s3v4"
     assert seen[0].retries == {"mode": "standard", "total_max_attempts": 3}
     config = custom.client().meta.config
-    assert (config.connect_timeout, config.read_timeout) == (2, 60)
+    assert (config.connect_timeout, config.read_timeout) == (2, S3Config().read_timeout)
     uri = storage.join_uri(prefix, "f.json")
     storage.put_json(uri, {"ok": True}, custom)
     assert storage.get_json(uri, custom) == {"ok": True}
@@ -640,3 +640,39 @@ def test_probe_rejects_a_truncated_object_over_range_requests(
     message = str(caught.value)
     assert message.startswith(cut) and "X-Amz" not in message and "Signature" not in message
     assert proxy.bytes < 1024, proxy.requests  # header reads only, not the file
+
+
+def test_a_store_that_never_answers_fails_within_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port that accepts connections and never answers: the default budget is well under a
+    minute (attempts x read timeout), and the timeouts really apply (run with a small budget
+    set through the environment, as an operator would)."""
+    import socket
+    import time
+
+    from vsrflow.errors import StorageUnavailableError
+
+    default = S3Config()
+    assert default.max_attempts * (default.connect_timeout + default.read_timeout) <= 40
+    monkeypatch.setenv("VSRFLOW_S3_READ_TIMEOUT", "0.5")
+    monkeypatch.setenv("VSRFLOW_S3_MAX_ATTEMPTS", "2")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts (the kernel completes the handshake), never answers
+    try:
+        cfg = S3Config(
+            endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            region="us-east-1",
+            access_key_id="AKIDEXAMPLE",
+            secret_access_key="not-a-real-secret",
+        )
+        assert (cfg.read_timeout, cfg.max_attempts) == (0.5, 2)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError) as caught:
+            storage.head("s3://bucket/key.mp4", cfg)
+        assert time.monotonic() - started < 10
+        assert "2 attempt(s)" in str(caught.value)
+        assert "not-a-real-secret" not in str(caught.value)
+    finally:
+        silent.close()

@@ -96,6 +96,15 @@ _ENDPOINT_VARS: Final = ("VSRFLOW_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDP
 ClientFactory = Callable[[Config], BaseClient]
 
 
+def _env_number(name: str, default: float) -> float:
+    """``VSRFLOW_S3_<name>`` as a number, else ``default``."""
+    value = os.environ.get(f"VSRFLOW_S3_{name}", "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"VSRFLOW_S3_{name}={value!r} is not a number") from None
+
+
 @dataclass(frozen=True)
 class S3Config:
     """Where and how to reach the object store. Frozen and hashable: it keys the client memo.
@@ -121,9 +130,12 @@ class S3Config:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     addressing_style: str = "path"
-    max_attempts: int = 5
-    connect_timeout: float = 5
-    read_timeout: float = 60
+    #: Attempts per call and timeouts: a store that accepts connections and never answers
+    #: fails in about max_attempts x read_timeout (30 s by default), not minutes.
+    #: VSRFLOW_S3_MAX_ATTEMPTS / _CONNECT_TIMEOUT / _READ_TIMEOUT change the defaults.
+    max_attempts: int = field(default_factory=lambda: int(_env_number("MAX_ATTEMPTS", 3)))
+    connect_timeout: float = field(default_factory=lambda: _env_number("CONNECT_TIMEOUT", 3.0))
+    read_timeout: float = field(default_factory=lambda: _env_number("READ_TIMEOUT", 10.0))
     client_factory: ClientFactory | None = field(default=None, repr=False)
     credentials_source: str | None = None
 
