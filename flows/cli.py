@@ -143,12 +143,23 @@ def _watch_progress(run_name: str, work_dir: str, output: str, done: threading.E
         bar.close()
 
 
+def _check_prefect_api() -> None:
+    """A configured API that does not answer fails here in seconds, in one line."""
+    from prefect.settings import PREFECT_API_URL
+
+    from vsrflow.service_check import check_api
+
+    if PREFECT_API_URL.value():
+        check_api(PREFECT_API_URL.value())
+
+
 def _run_upscale(args: argparse.Namespace) -> int:
     for key, value in PREFECT_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     settings = _settings(args)
+    _check_prefect_api()
     if _is_image_job(args.input):
         from flows.upscale_images import upscale_images
 

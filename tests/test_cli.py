@@ -135,3 +135,32 @@ def test_models_fetch_downloads_and_verifies(release_server: str, tmp_path: Path
     assert listing.returncode == 0
     line = next(x for x in listing.stdout.splitlines() if x.startswith("realesr-animevideov3 "))
     assert "cached" in line
+
+
+def test_an_api_that_never_answers_fails_in_seconds_in_one_line(
+    no_audio_clip: mf.FixtureInfo, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts, never answers
+    try:
+        started = time.monotonic()
+        result = _vsrflow(
+            "upscale",
+            str(no_audio_clip.path),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--no-progress",
+            env={"PREFECT_API_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/api"},
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vsrflow: error: the Prefect API at"), lines
+    assert "does not answer" in lines[0] and elapsed < 30
+    assert not (tmp_path / "o.mp4").exists()
