@@ -47,7 +47,9 @@ class BatchRig:
 
         with torch.inference_mode():
             for i in range(0, self.n, self.micro_batch):
-                self.upscaler._forward_tiled(self.tensors[i : i + self.micro_batch])
+                self.upscaler._forward_tiled(
+                    self.tensors[i : i + self.micro_batch], self.upscaler.settings.tile
+                )
 
     def engine_only(self) -> np.ndarray:
         return self.upscaler.upscale(self.frames)

@@ -315,3 +315,57 @@ def test_output_geometry(
 def test_output_geometry_errors(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         output_geometry(320, 240, 4, **kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Memory budget (vsrflow.memory)
+
+
+def _fp32(model: LoadedModel, **settings: object) -> Upscaler:
+    from vsrflow.engine_settings import EngineSettings
+
+    return Upscaler(model.descriptor, settings=EngineSettings(precision="fp32", **settings))
+
+
+def test_a_frame_over_the_budget_goes_through_in_tiles_with_the_same_pixels(
+    model: LoadedModel,
+) -> None:
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, (1, 96, 128, 3), dtype=np.uint8)
+    whole = _fp32(model)
+    reference = whole.upscale(frame)
+    assert whole.last_plan is not None and whole.last_plan.tile == 0
+    # A budget under what the whole frame needs, but enough for tiles.
+    budget = whole.last_plan.estimated_bytes * 0.8 / 2**30
+    tight = _fp32(model, max_memory_gb=budget)
+    out = tight.upscale(frame)
+    assert tight.last_plan is not None and 0 < tight.last_plan.tile < 128
+    assert tight.last_plan.estimated_bytes <= tight.memory_budget
+    explicit = _fp32(model, tile=tight.last_plan.tile).upscale(frame)
+    assert np.array_equal(out, explicit)  # exactly what the user would get asking for tiles
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 2  # and seamless
+
+
+def test_fewer_frames_per_pass_before_tiles(model: LoadedModel) -> None:
+    frames = np.random.default_rng(8).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
+    one = _fp32(model, micro_batch=1)
+    one_at_a_time = one.upscale(frames)
+    budget = one.last_plan.estimated_bytes * 1.5 / 2**30  # one frame fits, two do not
+    tight = _fp32(model, micro_batch=4, max_memory_gb=budget)
+    out = tight.upscale(frames)
+    assert tight.last_plan is not None
+    assert (tight.last_plan.frames_per_pass, tight.last_plan.tile) == (1, 0)
+    assert np.array_equal(out, one_at_a_time)
+
+
+def test_frames_beyond_the_limits_are_refused_in_words(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vsrflow.errors import FrameTooLargeError
+
+    frame = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+    with pytest.raises(FrameTooLargeError, match="does not fit the memory budget"):
+        _fp32(model, max_memory_gb=1e-6).upscale(frame)
+    monkeypatch.setenv("VSRFLOW_MAX_OUTPUT_PIXELS", str(200 * 200))
+    with pytest.raises(FrameTooLargeError, match=r"256x256 .* over the limit"):
+        _fp32(model).upscale(frame)

@@ -47,6 +47,7 @@ OTHER_VALUES: dict[str, Any] = {
     "engine.tile_pad": 8,
     "engine.micro_batch": 2,
     "engine.compile_model": True,
+    "engine.max_memory_gb": 6.0,
     "encoder.codec": "hevc",
     "encoder.crf": 22,
     "encoder.preset": "medium",

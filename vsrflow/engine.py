@@ -29,6 +29,13 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
 from vsrflow.engine_settings import ENGINE_DEFAULTS, EngineSettings, Precision
+from vsrflow.memory import (
+    PassPlan,
+    auto_budget,
+    check_output_size,
+    plan_pass,
+    values_per_input_pixel,
+)
 
 __all__ = ["EngineSettings", "Precision", "Upscaler"]
 
@@ -175,6 +182,28 @@ class Upscaler:
             descriptor.model.compile()
         self._descriptor = descriptor
         self._compute_dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        gib = settings.max_memory_gb
+        self.memory_budget = int(gib * 2**30) if gib > 0 else auto_budget(self.device)
+        self._values_per_pixel: float | None = None
+        #: How the last micro-batch went through the model (frames per pass, tile).
+        self.last_plan: PassPlan | None = None
+
+    def plan(self, frames: int, height: int, width: int) -> PassPlan:
+        """Frames per pass and tile for ``frames`` frames of ``height`` x ``width`` that fit
+        the memory budget (see vsrflow.memory)."""
+        if self._values_per_pixel is None:
+            self._values_per_pixel = values_per_input_pixel(self._descriptor)
+        return plan_pass(
+            frames=frames,
+            height=height + self.settings.pre_pad,
+            width=width + self.settings.pre_pad,
+            scale=self.scale,
+            values_per_pixel=self._values_per_pixel,
+            value_bytes=2 if self.precision == "fp16" else 4,
+            budget_bytes=self.memory_budget,
+            tile=self.settings.tile,
+            tile_pad=self.settings.tile_pad,
+        )
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.precision == "bf16":
@@ -187,13 +216,13 @@ class Upscaler:
         with self._autocast():
             return self._descriptor(x).float()
 
-    def _forward_tiled(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, h, w = x.shape
         s, pad = self.scale, self.settings.tile_pad
-        if self.settings.tile <= 0 or (h <= self.settings.tile and w <= self.settings.tile):
+        if tile <= 0 or (h <= tile and w <= tile):
             return self._forward(x)
         out = torch.empty((n, c, h * s, w * s), dtype=torch.float32, device=x.device)
-        for y0, y1, x0, x1 in tile_windows(h, w, self.settings.tile):
+        for y0, y1, x0, x1 in tile_windows(h, w, tile):
             py0, py1 = max(y0 - pad, 0), min(y1 + pad, h)
             px0, px1 = max(x0 - pad, 0), min(x1 + pad, w)
             part = self._forward(x[:, :, py0:py1, px0:px1])
@@ -218,10 +247,16 @@ class Upscaler:
             raise ValueError(f"expected uint8 or uint16 frames, got {frames.dtype}")
         peak = 255.0 if frames.dtype == np.uint8 else 65535.0
         out_dtype = torch.uint8 if frames.dtype == np.uint8 else torch.int32
+        height, width = frames.shape[1:3]
+        check_output_size(*self.output_size(height, width))  # what the model produces
+        if out_size is not None:
+            check_output_size(*out_size)
+        plan = self.plan(min(max(1, self.settings.micro_batch), frames.shape[0]), height, width)
+        self.last_plan = plan
         results = []
-        for start in range(0, frames.shape[0], max(1, self.settings.micro_batch)):
-            part = frames[start : start + max(1, self.settings.micro_batch)]
-            results.append(self._upscale_batch(part, peak, out_dtype, out_size))
+        for start in range(0, frames.shape[0], plan.frames_per_pass):
+            part = frames[start : start + plan.frames_per_pass]
+            results.append(self._upscale_batch(part, peak, out_dtype, out_size, plan.tile))
         out = results[0] if len(results) == 1 else np.concatenate(results, axis=0)
         return out.astype(np.uint16) if frames.dtype == np.uint16 else out
 
@@ -231,6 +266,7 @@ class Upscaler:
         peak: float,
         out_dtype: torch.dtype,
         out_size: tuple[int, int] | None,
+        tile: int,
     ) -> np.ndarray:
         source = torch.from_numpy(np.ascontiguousarray(frames))
         if self.device.type == "cuda":
@@ -240,7 +276,7 @@ class Upscaler:
         pre_pad = self.settings.pre_pad
         if pre_pad:
             x = F.pad(x, (0, pre_pad, 0, pre_pad), mode="reflect")
-        y = self._forward_tiled(x)
+        y = self._forward_tiled(x, tile)
         if pre_pad:
             y = y[:, :, : y.shape[2] - pre_pad * self.scale, : y.shape[3] - pre_pad * self.scale]
         if out_size is not None and tuple(out_size) != tuple(y.shape[2:]):

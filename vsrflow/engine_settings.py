@@ -31,6 +31,10 @@ class EngineSettings:
     #: by every batch that process runs. Costs seconds on the first call (and per new input
     #: shape); see bench/README.md for when it pays off.
     compile: bool = False
+    #: Memory one pass may use, in GiB; 0 = automatic (80 % of the free GPU memory, half the
+    #: available RAM on CPU). Frames that would not fit go through in fewer per pass, then in
+    #: tiles (vsrflow.memory).
+    max_memory_gb: float = 0.0
 
     def identity(self) -> dict[str, object]:
         """What can change output pixels (part of the batch cache key)."""
@@ -42,6 +46,8 @@ class EngineSettings:
         }
         if self.compile:  # fused kernels round differently; absent when off (keys unchanged)
             identity["compile"] = True
+        if self.max_memory_gb:  # a budget can force tiles; absent when automatic
+            identity["max_memory_gb"] = self.max_memory_gb
         return identity
 
 

@@ -53,6 +53,7 @@ SVT_AV1_PRESETS = tuple(str(n) for n in range(14))
 EncoderPreset = Literal[("auto", *X26X_PRESETS, *SVT_AV1_PRESETS)]  # type: ignore[valid-type]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 AlphaMode = Literal["model", "bicubic"]
+AlphaPolicy = Literal["keep", "flatten", "drop"]
 #: Below this tile edge the per-tile overhead dominates (measured: --tile 3 ran 230x slower).
 MIN_TILE = 32
 
@@ -222,6 +223,17 @@ class EngineOptions(_Group):
         "--compile",
     )
 
+    max_memory_gb: float = _field(
+        0.0,
+        "Memory one pass through the model may use, in GiB (0-4096). 0 = automatic: 80 % of "
+        "the GPU's free memory, or half the free RAM on CPU. Frames that would not fit go "
+        "through fewer at a time, then in tiles, instead of running out of memory.",
+        Affects.VALUE,
+        "--max-memory",
+        ge=0.0,
+        le=4096.0,
+    )
+
     @field_validator("tile")
     @classmethod
     def _tile_size(cls, value: int) -> int:
@@ -239,6 +251,7 @@ class EngineOptions(_Group):
             tile_pad=self.tile_pad,
             micro_batch=self.micro_batch,
             compile=self.compile_model,
+            max_memory_gb=self.max_memory_gb,
         )
 
 
@@ -251,14 +264,16 @@ class EncoderOptions(_Group):
         "h264",
         "Video codec of the output. h264: plays everywhere. hevc: about half the size at the "
         "same quality. av1: smallest, slowest to encode. prores (.mov/.mkv) and ffv1 (.mkv, "
-        "lossless): for further editing. 10-bit sources stay 10-bit.",
+        "lossless): for further editing. vp9 (.webm/.mkv, 8-bit): for the web. 10-bit "
+        "sources stay 10-bit (not in vp9). Transparency is kept by prores, ffv1 and vp9.",
         Affects.VALUE,
         "--codec",
     )
     crf: int = _field(
         -1,
         "Quality, lower is better (0-63; h264/hevc: 0-51, around 18 looks like the source). "
-        "-1 = the codec's default: h264 18, hevc 20, av1 30. prores and ffv1 have none: keep -1.",
+        "-1 = the codec's default: h264 18, hevc 20, av1 30, vp9 31. prores and ffv1 have "
+        "none: keep -1.",
         Affects.VALUE,
         "--crf",
         ge=-1,
@@ -271,6 +286,15 @@ class EncoderOptions(_Group):
         "ultrafast..veryslow; av1: 0 (slowest) .. 13 (fastest).",
         Affects.VALUE,
         "--preset",
+    )
+    alpha: AlphaPolicy = _field(
+        "keep",
+        "Sources with an alpha channel (transparency: ProRes 4444, VP9/VP8 WebM, FFV1...). "
+        "keep: upscale it too and store it (codec prores, ffv1 or vp9; other codecs are "
+        "refused before any work). flatten: composite over black, no alpha in the output. "
+        "drop: ignore it (colour as stored). Sources without alpha are not affected.",
+        Affects.VALUE,
+        "--alpha",
     )
 
     @model_validator(mode="after")
@@ -294,6 +318,7 @@ class EncoderOptions(_Group):
             codec=self.codec,
             quality=self.crf if self.crf >= 0 else None,
             speed=None if self.preset == "auto" else self.preset,
+            alpha=self.alpha,
         )
 
 
@@ -350,8 +375,8 @@ class UpscaleSettings(_Group):
     )
     alpha_mode: AlphaMode = _field(
         "model",
-        "Images with transparency: upscale the alpha channel with the model (sharp edges) or "
-        "bicubic (smooth, faster).",
+        "Images and videos with transparency: upscale the alpha channel with the model "
+        "(sharp edges) or bicubic (smooth, faster).",
         Affects.VALUE,
         "--alpha-mode",
     )
