@@ -827,6 +827,180 @@ def make_truncated(path: Path, fraction: float = 0.6, *, faststart: bool = True)
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Streamed containers: live Matroska/WebM (unknown sizes) and fragmented mp4
+
+#: The EBML size that means "unknown" in its 8-byte form (live Matroska Segments and Clusters).
+EBML_UNKNOWN_SIZE = b"\x01\xff\xff\xff\xff\xff\xff\xff"
+MATROSKA_SEGMENT_ID = 0x18538067
+MATROSKA_CLUSTER_ID = 0x1F43B675
+
+
+class _PipeSink:
+    """A write-only file object (no ``seek``/``tell``): PyAV then muxes as to a pipe, which is
+    how FFmpeg writes a live stream (it cannot seek back to fill in sizes)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
+def _ebml_vint(data: bytes, pos: int, *, keep_marker: bool) -> tuple[int, int]:
+    first = data[pos]
+    length = 9 - first.bit_length()
+    value = first if keep_marker else first & ((1 << (8 - length)) - 1)
+    for b in data[pos + 1 : pos + length]:
+        value = (value << 8) | b
+    if not keep_marker and value == (1 << (7 * length)) - 1:
+        value = -1
+    return value, length
+
+
+@dataclass(frozen=True)
+class EbmlElement:
+    """One element of a Matroska file: ``offset`` of its ID, ``header`` bytes (ID + size),
+    ``size`` of its data (-1: unknown)."""
+
+    offset: int
+    element_id: int
+    header: int
+    size: int
+
+
+def ebml_children(data: bytes, start: int, end: int) -> list[EbmlElement]:
+    """The elements from ``start`` to ``end`` at one level (stops at an unknown size)."""
+    out, pos = [], start
+    while pos < end:
+        element_id, id_len = _ebml_vint(data, pos, keep_marker=True)
+        size, size_len = _ebml_vint(data, pos + id_len, keep_marker=False)
+        out.append(EbmlElement(pos, element_id, id_len + size_len, size))
+        if size < 0:
+            break
+        pos += id_len + size_len + size
+    return out
+
+
+def matroska_segment(data: bytes) -> EbmlElement:
+    """The Segment element of a Matroska file (after its EBML header)."""
+    ebml = ebml_children(data, 0, len(data))[0]
+    segment = ebml_children(data, ebml.offset + ebml.header + ebml.size, len(data))[0]
+    if segment.element_id != MATROSKA_SEGMENT_ID:
+        raise FixtureError(f"element after the EBML header is {segment.element_id:#x}")
+    return segment
+
+
+def live_segment_children(data: bytes) -> list[EbmlElement]:
+    """Children of an unknown-size Segment whose Clusters have known sizes."""
+    segment = matroska_segment(data)
+    return ebml_children(data, segment.offset + segment.header, len(data))
+
+
+def _mux_to_pipe(fmt: str, video_codec: str, audio_codec: str, frames: int) -> bytes:
+    sink = _PipeSink()
+    with av.open(sink, "w", format=fmt) as out:
+        video = _add_video(out, codec=video_codec)
+        audio = out.add_stream(audio_codec, rate=48000, layout="mono")
+        if not isinstance(audio, AudioStream):
+            raise FixtureError(f"{audio_codec} is not an audio codec")
+        _encode_video(out, video, (_pattern_frame(i) for i in range(frames)))
+        _encode_tone(out, audio, frames / 24)
+    return bytes(sink.data)
+
+
+def _check_live_layout(data: bytes, path: Path) -> list[EbmlElement]:
+    segment = matroska_segment(data)
+    header = data[segment.offset : segment.offset + segment.header]
+    _check(header[4:] == EBML_UNKNOWN_SIZE, path, f"Segment size bytes {header[4:].hex()}")
+    children = live_segment_children(data)
+    ids = [c.element_id for c in children]
+    _check(ids.count(MATROSKA_CLUSTER_ID) >= 3, path, f"segment children {ids}")
+    _check(0x1C53BB6B not in ids, path, "a live file has no Cues")
+    return children
+
+
+def make_live_mkv(path: Path, frames: int = 60) -> FixtureInfo:
+    """h264 + AAC Matroska muxed as a live stream: the Segment has the reserved 'unknown' size.
+
+    PyAV/FFmpeg writes the Segment size as :data:`EBML_UNKNOWN_SIZE` when the output cannot
+    seek (here a write-only file object; ``options={"live": "1"}`` gives the same bytes), and
+    then writes no Cues; each Cluster still has its real size because FFmpeg buffers a cluster
+    before writing it. 60 frames at 24 fps, GOP 12: 5 Clusters of a few KB. Why: FFmpeg plays a
+    cut file like this up to its last whole Cluster with no error and no declared frame count
+    (25 of 60 frames for a cut at 60%), so only the Cluster sizes reveal the cut.
+    """
+    data = _mux_to_pipe("matroska", "libx264", "aac", frames)
+    _check_live_layout(data, path)
+    path.write_bytes(data)
+    info = probe_clip(path)
+    _check_valid(info, frames)
+    return replace(info, notes="live mkv: unknown-size Segment, sized Clusters, no Cues")
+
+
+def make_live_webm(path: Path, frames: int = 60) -> FixtureInfo:
+    """VP8 + Opus WebM laid out like a browser's MediaRecorder writes it: the Segment AND every
+    Cluster have the unknown size, so a Cluster ends only where the next one starts.
+
+    FFmpeg always writes Cluster sizes, so the file is muxed to a pipe (unknown Segment size)
+    and every Cluster's size field is then rewritten to :data:`EBML_UNKNOWN_SIZE` (the Cluster
+    data is unchanged; no Cues or SeekHead entry points past the first Cluster, so no offset
+    moves that matters). FFmpeg reads the result whole, every frame.
+    """
+    data = _mux_to_pipe("webm", "libvpx", "libopus", frames)
+    children = _check_live_layout(data, path)
+    first = next(c for c in children if c.element_id == MATROSKA_CLUSTER_ID)
+    out = bytearray(data[: first.offset])
+    for child in children[children.index(first) :]:
+        _check(child.element_id == MATROSKA_CLUSTER_ID, path, f"{child} after the Clusters")
+        body = data[child.offset + child.header : child.offset + child.header + child.size]
+        out += data[child.offset : child.offset + 4] + EBML_UNKNOWN_SIZE + body
+    path.write_bytes(bytes(out))
+    info = probe_clip(path)
+    _check_valid(info, frames)
+    return replace(info, notes="MediaRecorder-like webm: unknown-size Segment and Clusters")
+
+
+@dataclass(frozen=True)
+class Mp4Box:
+    """One top-level ISO BMFF box: ``offset``, four-character ``kind`` and total ``size``."""
+
+    offset: int
+    kind: str
+    size: int
+
+
+def mp4_boxes(data: bytes) -> list[Mp4Box]:
+    """The top-level boxes of an mp4 (32-bit sizes only, which is what these fixtures have)."""
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append(Mp4Box(pos, data[pos + 4 : pos + 8].decode("latin-1"), size))
+        pos += size
+    return boxes
+
+
+def make_fragmented_mp4(path: Path, frames: int = 60) -> FixtureInfo:
+    """h264 + AAC fragmented mp4 (``movflags=frag_keyframe+empty_moov``, as streaming and
+    DASH/CMAF writers make): ftyp, an empty moov, then one moof/mdat pair per keyframe (GOP 12
+    at 24 fps: 5 or more fragments) and an mfra index at the end. The moov declares no samples,
+    so a cut file does not look short to the demuxer; only the box sizes reveal the cut.
+    """
+    with av.open(str(path), "w", options={"movflags": "frag_keyframe+empty_moov"}) as out:
+        video = _add_video(out)
+        audio = _add_audio(out, 48000, "mono")
+        _encode_video(out, video, (_pattern_frame(i) for i in range(frames)))
+        _encode_tone(out, audio, frames / 24)
+    kinds = [box.kind for box in mp4_boxes(path.read_bytes())]
+    _check(kinds[:2] == ["ftyp", "moov"], path, f"boxes {kinds}")
+    _check(kinds.count("moof") >= 5, path, f"boxes {kinds}")
+    _check(kinds.count("moof") == kinds.count("mdat"), path, f"boxes {kinds}")
+    info = probe_clip(path)
+    _check_valid(info, frames)
+    return replace(info, notes=f"fragmented mp4, {kinds.count('moof')} fragments")
+
+
 def make_zero_byte(path: Path) -> FixtureInfo:
     """An empty file named .mp4; ``av.open`` raises ``av.InvalidDataError``."""
     path.write_bytes(b"")
