@@ -8,12 +8,15 @@ that pickle cheaply to Dask workers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from vsrflow.engine import EngineSettings, output_geometry
+from vsrflow.media.alpha import AlphaOutcome, alpha_outcome, describe_outcome
 from vsrflow.media.codecs import get_codec
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo, VideoParams
+from vsrflow.memory import check_output_size
 from vsrflow.plan import Batch, plan_batches
 from vsrflow.settings import UpscaleSettings
 
@@ -62,6 +65,15 @@ class JobPlan:
     def frame_count(self) -> int:
         return sum(b.frame_count for b in self.batches)
 
+    @property
+    def alpha(self) -> AlphaOutcome:
+        """What the job does with the source's alpha ("" when it has none)."""
+        return self.video.alpha
+
+    def alpha_description(self) -> str:
+        """The same in words, for the manifest and logs."""
+        return describe_outcome(self.video.alpha, self.video.alpha_upscale)
+
 
 def make_plan(
     info: MediaInfo,
@@ -78,8 +90,19 @@ def make_plan(
 
     ``settings_identity`` is :meth:`UpscaleSettings.output_identity` of the settings the job
     was made from; the resolved weights hash, output size and encoder options are added here
-    (what the settings' "auto" values resolved to on this version)."""
+    (what the settings' "auto" values resolved to on this version).
+
+    A source with alpha is kept, flattened or dropped as ``job.encoder.alpha`` says; a
+    ``ValueError`` (one line) when the chosen codec cannot keep it."""
     video = info.video
+    alpha = alpha_outcome(
+        has_alpha=video.alpha,
+        readable=video.alpha_readable,
+        codec=job.encoder.codec,
+        policy=job.encoder.alpha,
+        label=info.path,
+        decoder=video.alpha_decoder,
+    )
     out_size = output_geometry(
         video.width,
         video.height,
@@ -88,6 +111,9 @@ def make_plan(
         target_height=job.target_height,
         even=get_codec(job.encoder.codec).needs_even_size,
     )
+    # Refused here, before any batch starts, rather than in the first batch.
+    check_output_size(video.height * model_scale, video.width * model_scale)
+    check_output_size(out_size[1], out_size[0])
     identity = {
         "weights": weights_sha256,
         "denoise": job.denoise_strength,
@@ -96,6 +122,8 @@ def make_plan(
         "encoder": job.encoder.identity(),
         "settings": settings_identity or {},
     }
+    if alpha:
+        identity["alpha"] = [alpha, job.alpha_mode if alpha == "keep" else ""]
     batches = plan_batches(
         video,
         source_id=source_sha256,
@@ -103,8 +131,11 @@ def make_plan(
         frames_per_batch=frames_per_batch,
         seconds_per_batch=seconds_per_batch,
     )
+    params = dataclasses.replace(
+        video.params(info.path), alpha=alpha, alpha_upscale=job.alpha_mode
+    )
     return JobPlan(
-        video=video.params(info.path),
+        video=params,
         out_size=out_size,
         weights_sha256=weights_sha256,
         source_sha256=source_sha256,
