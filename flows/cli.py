@@ -180,7 +180,9 @@ def _run_upscale(args: argparse.Namespace) -> int:
 
     # Fail fast, before Prefect starts, with one line for input the flow would reject.
     if "://" not in args.input:
-        check_output_compatible(probe(args.input), args.output, settings.encoder.codec)
+        check_output_compatible(
+            probe(args.input), args.output, settings.encoder.codec, alpha=settings.encoder.alpha
+        )
     work_dir = args.work_dir or default_work_dir(args.output)
     # A unique run name lets the progress watcher find this run's progress artifact.
     run_name = f"{artifact_key(args.output)}-{uuid.uuid4().hex[:8]}"

@@ -30,7 +30,7 @@ from vsrflow.storage import parse_s3_uri
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 #: (regex that a wrong value matches, what was expected instead), checked in this order.

@@ -167,7 +167,7 @@ def upscale_video(
         VideoOutput,
         Field(
             description="Where to publish: a local path or s3://bucket/key ending in .mp4, "
-            ".mkv or .mov. <output>.manifest.json is written beside it."
+            ".mkv, .mov or .webm. <output>.manifest.json is written beside it."
         ),
     ],
     settings: SettingsParam = UpscaleSettings(),  # noqa: B008 (frozen; Prefect copies it)
@@ -250,6 +250,7 @@ def _run_job(
         "batches_computed": outcome.computed,
         "recomputed_bad_chunks": list(outcome.bad_chunks),
         "workers": list(workers),
+        "alpha": plan.alpha_description(),
     }
     t0 = time.perf_counter()
     report = assemble_output(

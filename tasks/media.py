@@ -69,7 +69,11 @@ def plan_job(
     locations = locations_for(credentials_block)
     with redacting():
         check_output_compatible(
-            info, output_path, job.encoder.codec, source=locations.readable(info.path)
+            info,
+            output_path,
+            job.encoder.codec,
+            source=locations.readable(info.path),
+            alpha=job.encoder.alpha,
         )
     model = get_model(job.model, denoise_strength=job.denoise_strength)
     plan = make_plan(

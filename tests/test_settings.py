@@ -51,6 +51,7 @@ OTHER_VALUES: dict[str, Any] = {
     "encoder.codec": "hevc",
     "encoder.crf": 22,
     "encoder.preset": "medium",
+    "encoder.alpha": "flatten",
     "batching.seconds": 2.0,
     "batching.frames": 8,
     "alpha_mode": "bicubic",

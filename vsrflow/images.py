@@ -29,16 +29,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 import av
 import av.error
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from vsrflow import storage
+from vsrflow.alpha import AlphaMode, upscale_alpha
 from vsrflow.catalog import list_candidates, normalize_prefix
 from vsrflow.engine import Upscaler, output_geometry
 from vsrflow.errors import (
@@ -58,7 +56,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FOLDER_MANIFEST = ".vsrflow-manifest.json"
 #: The manifest of a single-image job sits beside the output: ``<output>.manifest.json``.
 MANIFEST_SUFFIX = ".manifest.json"
-AlphaMode = Literal["model", "bicubic"]
 
 
 @dataclass(frozen=True)
@@ -129,14 +126,6 @@ def read_image(path: str | os.PathLike[str], *, label: str | None = None) -> Loa
     return LoadedImage(np.ascontiguousarray(arr))
 
 
-def _resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of one (H, W) integer plane to (H', W')."""
-    peak = 255.0 if plane.dtype == np.uint8 else 65535.0
-    t = torch.from_numpy(plane.astype(np.float32) / peak)[None, None]
-    out = F.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)
-    return (out[0, 0].clamp(0, 1) * peak).round().numpy().astype(plane.dtype)
-
-
 def upscale_pixels(
     image: LoadedImage,
     upscaler: Upscaler,
@@ -157,14 +146,7 @@ def upscale_pixels(
         return result.mean(axis=2, keepdims=True).round().astype(pixels.dtype)
     if image.channels == 3:
         return result
-    alpha = pixels[..., 3]
-    if alpha_mode == "model":
-        alpha_up = upscaler.upscale(
-            np.repeat(alpha[..., None], 3, axis=2)[None], out_size=(out_h, out_w)
-        )[0].mean(axis=2)
-        alpha_up = alpha_up.round().astype(pixels.dtype)
-    else:
-        alpha_up = _resize_plane(alpha, (out_h, out_w))
+    alpha_up = upscale_alpha(pixels[None, ..., 3], upscaler, (out_h, out_w), alpha_mode)[0]
     return np.concatenate([result, alpha_up[..., None]], axis=2)
 
 

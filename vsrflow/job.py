@@ -131,9 +131,7 @@ def make_plan(
         frames_per_batch=frames_per_batch,
         seconds_per_batch=seconds_per_batch,
     )
-    params = dataclasses.replace(
-        video.params(info.path), alpha=alpha, alpha_upscale=job.alpha_mode
-    )
+    params = dataclasses.replace(video.params(info.path), alpha=alpha, alpha_upscale=job.alpha_mode)
     return JobPlan(
         video=params,
         out_size=out_size,

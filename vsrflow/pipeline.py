@@ -5,6 +5,10 @@ encoding run in their own threads with small bounded queues, so while the model 
 micro-batch k the decoder prepares k+1 and the encoder compresses k-1; memory stays flat however
 long the batch is. The chunk is written under a temporary name and renamed into place only after
 its frame count is checked, so a chunk that exists is always complete.
+
+A source with alpha (``video.alpha``, decided at planning): "keep" decodes the alpha plane with
+each frame, upscales it separately (model or bicubic, as for images) and encodes it with the
+colour; "flatten" composites colour over black before the model; "drop" ignores it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vsrflow.alpha import flatten_over_black, upscale_alpha
 from vsrflow.engine import Upscaler
 from vsrflow.errors import CorruptMediaError
 from vsrflow.media.decode import decode_range
@@ -120,8 +125,17 @@ def upscale_batch(
     to_model: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
     to_encoder: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
 
+    keep_alpha = video.alpha == "keep"
+
+    def micro_batch(frames: list[np.ndarray], alphas: list[np.ndarray], stamps: list[int]) -> Any:
+        rgb = np.stack(frames)
+        if video.alpha == "flatten":
+            return flatten_over_black(rgb, np.stack(alphas)), None, stamps
+        return rgb, (np.stack(alphas) if keep_alpha else None), stamps
+
     def decode() -> None:
         frames: list[np.ndarray] = []
+        alphas: list[np.ndarray] = []
         stamps: list[int] = []
         for frame in decode_range(
             video.path,
@@ -130,14 +144,18 @@ def upscale_batch(
             batch.end_pts,
             colour=colour,
             bit_depth=video.bit_depth,
+            alpha=video.decodes_alpha,
+            decoder=video.alpha_decoder if video.decodes_alpha else None,
         ):
             frames.append(frame.rgb)
+            if frame.alpha is not None:
+                alphas.append(frame.alpha)
             stamps.append(frame.pts)
             if len(frames) == group:
-                if not _put(to_model, (np.stack(frames), stamps), stop):
+                if not _put(to_model, micro_batch(frames, alphas, stamps), stop):
                     return
-                frames, stamps = [], []
-        if frames and not _put(to_model, (np.stack(frames), stamps), stop):
+                frames, alphas, stamps = [], [], []
+        if frames and not _put(to_model, micro_batch(frames, alphas, stamps), stop):
             return
         _put(to_model, _DONE, stop)
 
@@ -151,12 +169,16 @@ def upscale_batch(
         average_rate=video.average_rate,
         colour=colour,
         display_matrix=video.display_matrix,
+        alpha=keep_alpha,
     ) as chunk:
 
         def encode() -> None:
-            for upscaled, stamps in _drain(to_encoder, stop):
-                for rgb, pts in zip(upscaled, stamps, strict=True):
-                    chunk.write(rgb, pts)
+            for upscaled, alpha_up, stamps in _drain(to_encoder, stop):
+                for i, (rgb, pts) in enumerate(zip(upscaled, stamps, strict=True)):
+                    if alpha_up is None:
+                        chunk.write(rgb, pts)
+                    else:
+                        chunk.write(rgb, pts, alpha_up[i])
                 if progress is not None:
                     progress(len(stamps))
 
@@ -166,13 +188,16 @@ def upscale_batch(
         writer.start()
         model_seconds = 0.0
         try:
-            for frames, stamps in _drain(to_model, stop):
+            for frames, alphas, stamps in _drain(to_model, stop):
                 if writer.error is not None:
                     break
                 t0 = time.perf_counter()
                 upscaled = upscaler.upscale(frames, out_size=(out_h, out_w))
+                alpha_up = None
+                if alphas is not None:
+                    alpha_up = upscale_alpha(alphas, upscaler, (out_h, out_w), video.alpha_upscale)
                 model_seconds += time.perf_counter() - t0
-                if not _put(to_encoder, (upscaled, stamps), stop):
+                if not _put(to_encoder, (upscaled, alpha_up, stamps), stop):
                     break
             _put(to_encoder, _DONE, stop)
             writer.join()

@@ -5,6 +5,10 @@ timestamps, and every audio, subtitle and data stream is copied packet for packe
 source, interleaved by time. The result is written under a temporary name beside the target,
 re-opened and verified (frame count, per-frame pts, stream count), and only then renamed into
 place, so a crash or a failed check never leaves a half-written file under the final name.
+
+Alpha: tags announcing alpha (Matroska AlphaMode, read as ``alpha_mode``) are never copied from
+the source; the output's video stream is tagged only when its chunks really carry an alpha
+side channel (VP8/VP9), and verification refuses an alpha tag on a stream without alpha.
 """
 
 from __future__ import annotations
@@ -23,8 +27,19 @@ import av.error
 from av.stream import Discard
 
 from vsrflow.errors import AssemblyError
+from vsrflow.media.alpha import (
+    ALPHA_TAG,
+    BLOCK_ADDITIONAL,
+    SIDE_CHANNEL_DECODERS,
+    alpha_outcome,
+    alpha_tagged,
+    is_alpha_tag,
+    pix_fmt_has_alpha,
+    stream_has_alpha,
+)
 from vsrflow.media.codecs import (
     CONTAINER_BY_EXTENSION,
+    MATROSKA_MUXERS,
     MUXER_BY_CONTAINER,
     exact_time_options,
     get_codec,
@@ -60,9 +75,16 @@ def container_for(output: str | Path) -> str:
 
 
 def check_output_compatible(
-    info: MediaInfo, output: str | Path, codec: str, *, source: str | None = None
+    info: MediaInfo,
+    output: str | Path,
+    codec: str,
+    *,
+    source: str | None = None,
+    alpha: str = "keep",
 ) -> None:
-    """Fail before any compute if the output container cannot hold the codec or a copied stream.
+    """Fail before any compute if the output container cannot hold the codec or a copied
+    stream, or the codec cannot keep the source's alpha channel (``alpha``: the job's
+    ``encoder.alpha``; "keep" refuses codecs without alpha, see ``vsrflow.media.alpha``).
 
     Writes only a header into memory: that is where FFmpeg's muxers reject codecs.
     """
@@ -73,6 +95,14 @@ def check_output_compatible(
             f"codec {preset.name} cannot be written to .{container}; use one of "
             f"{', '.join('.' + c for c in preset.containers)}"
         )
+    outcome = alpha_outcome(
+        has_alpha=info.video.alpha,
+        readable=info.video.alpha_readable,
+        codec=preset.name,
+        policy=alpha,
+        label=info.path,
+        decoder=info.video.alpha_decoder,
+    )
     with av.open(source or info.path) as src:
         buffer = io.BytesIO()
         with av.open(buffer, mode="w", format=MUXER_BY_CONTAINER[container]) as probe_out:
@@ -89,7 +119,9 @@ def check_output_compatible(
                         f"{exc}; choose another output container"
                     ) from exc
             try:
-                probe_out.add_stream(preset.encoder, rate=25)
+                video = probe_out.add_stream(preset.encoder, rate=25)
+                # The pixel format the chunks will use (prores_ks refuses PyAV's yuv420p).
+                video.pix_fmt = preset.pix_fmt_for(info.video.bit_depth, alpha=outcome == "keep")
                 probe_out.start_encoding()
             except av.error.FFmpegError as exc:
                 raise ValueError(
@@ -123,9 +155,16 @@ def _chunk_packets(chunks: Sequence[str | Path]) -> Iterator[tuple[Fraction, int
 
 
 def _remux(
-    info: MediaInfo, source: str, chunks: Sequence[str | Path], tmp: Path, muxer: str
+    info: MediaInfo,
+    source: str,
+    chunks: Sequence[str | Path],
+    tmp: Path,
+    muxer: str,
+    *,
+    alpha: bool = False,
 ) -> int:
-    """Write ``tmp``; returns the number of video packets written."""
+    """Write ``tmp``; returns the number of video packets written. ``alpha``: the chunks
+    carry an alpha plane (a VP8/VP9 side channel is then announced in Matroska)."""
     with (
         av.open(str(chunks[0])) as first,
         av.open(source) as src,
@@ -138,12 +177,20 @@ def _remux(
     ):
         out_video = out.add_stream_from_template(first.streams.video[0])
         _copy_stream_tags(src.streams[info.video.index], out_video)
+        first_cc = first.streams.video[0].codec_context
+        if first_cc.name == "prores":
+            # PyAV's template clears the tag and the muxers then write the first ProRes tag
+            # they know (apch, 422 HQ): a ProRes 4444 chunk (ap4h) must keep its own.
+            out_video.codec_tag = first.streams.video[0].codec_tag
+        if alpha and muxer in MATROSKA_MUXERS and first_cc.name in SIDE_CHANNEL_DECODERS:
+            out_video.metadata[ALPHA_TAG] = "1"  # writes the track's AlphaMode element
         copied = [s for s in src.streams if _copyable(s)]
         out_by_src = {s.index: out.add_stream_from_template(s) for s in copied}
         for s in copied:
             _copy_stream_tags(s, out_by_src[s.index])
         for key, value in info.metadata.items():
-            out.metadata[key] = value
+            if not is_alpha_tag(key):  # Matroska applies a global alpha_mode to every track
+                out.metadata[key] = value
         if info.chapters:
             out.set_chapters(_chapters_of(src))
         last_dts: int | None = None
@@ -174,9 +221,13 @@ def _remux(
 
 
 def _copy_stream_tags(src: av.stream.Stream, dst: av.stream.Stream) -> None:
-    """Language, title and disposition (default/forced...) are what players show users."""
+    """Language, title and disposition (default/forced...) are what players show users.
+    Alpha tags describe the source's coding, not the output's: never copied."""
     for key, value in src.metadata.items():
-        if key.lower() not in ("encoder", "handler_name", "vendor_id", "duration"):
+        lowered = key.lower()
+        if lowered not in ("encoder", "handler_name", "vendor_id", "duration") and not (
+            is_alpha_tag(lowered)
+        ):
             dst.metadata[key] = value
     dst.disposition = src.disposition
 
@@ -203,16 +254,38 @@ def _monotonic_dts(packet: av.Packet, last_dts: int | None) -> tuple[int | None,
     return dts, dts
 
 
-def verify_output(path: str | Path, info: MediaInfo) -> AssemblyReport:
-    """Re-open the output and check frames, per-frame pts and the copied streams."""
+def verify_output(
+    path: str | Path, info: MediaInfo, *, alpha: bool | None = None
+) -> AssemblyReport:
+    """Re-open the output and check frames, per-frame pts, the copied streams, and that an
+    alpha tag is only on a stream with alpha; ``alpha`` (if given): whether the video must
+    carry an alpha plane."""
     with av.open(str(path)) as out:
         if not out.streams.video:
             raise AssemblyError(f"{path}: no video stream in the output")
         video = out.streams.video[0]
         tb = video.time_base
-        got = sorted(p.pts for p in out.demux(video) if p.size and p.pts is not None)
+        cc = video.codec_context
+        side_channel = cc is not None and cc.name in SIDE_CHANNEL_DECODERS
+        got: list[int] = []
+        side_alpha = False
+        for p in out.demux(video):
+            if p.size and p.pts is not None:
+                got.append(p.pts)
+                side_alpha = side_alpha or (side_channel and p.has_sidedata(BLOCK_ADDITIONAL))
+        got.sort()
+        has_alpha = side_alpha or pix_fmt_has_alpha(cc.pix_fmt if cc else None)
+        tagged = alpha_tagged(video.metadata) or alpha_tagged(out.metadata)
         copied = sum(1 for s in out.streams if _copyable(s))
         duration = float(out.duration / av.time_base) if out.duration else 0.0
+    if tagged and not has_alpha:
+        raise AssemblyError(f"{path}: the video is tagged as having alpha but has none")
+    if side_alpha and not tagged:
+        raise AssemblyError(f"{path}: the video has an alpha side channel but no AlphaMode tag")
+    if alpha is not None and alpha != has_alpha:
+        raise AssemblyError(
+            f"{path}: the video {'lost its' if alpha else 'gained an'} alpha channel in assembly"
+        )
     want = info.video.pts
     if len(got) != len(want):
         raise AssemblyError(f"{path}: {len(got)} frames written, the source has {len(want)}")
@@ -260,10 +333,11 @@ def assemble(
     tmp = temporary_sibling(output)
     try:
         try:
-            _remux(info, source or info.path, chunks, tmp, muxer)
+            alpha = stream_has_alpha(chunks[0])
+            _remux(info, source or info.path, chunks, tmp, muxer, alpha=alpha)
         except av.error.FFmpegError as exc:
             raise AssemblyError(f"remuxing into {output.name} failed: {exc.strerror}") from exc
-        report = verify_output(tmp, info)
+        report = verify_output(tmp, info, alpha=alpha)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

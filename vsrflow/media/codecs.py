@@ -2,7 +2,9 @@
 
 Each preset says which encoder to use, which pixel format to use for 8-bit and for deeper
 sources (10-bit in stays 10-bit out where the codec allows), how quality and speed are set,
-which container holds the per-batch chunks, and which final containers accept it.
+which container holds the per-batch chunks, and which final containers accept it. Codecs that
+can store an alpha plane (ProRes 4444, FFV1, VP9 in WebM/Matroska) also name the pixel formats
+(and options) used when a source's transparency is kept.
 """
 
 from __future__ import annotations
@@ -29,9 +31,22 @@ class CodecPreset:
     chunk_format: str
     containers: tuple[str, ...]
     extra_options: dict[str, str] = field(default_factory=dict)
+    #: Pixel formats with an alpha plane (8-bit, deeper sources); None: no alpha possible.
+    alpha_pix_fmts: tuple[str, str] | None = None
+    #: Options that replace ``extra_options`` entries when alpha is encoded (ProRes 4444).
+    alpha_options: dict[str, str] = field(default_factory=dict)
 
-    def pix_fmt_for(self, bit_depth: int) -> str:
+    def pix_fmt_for(self, bit_depth: int, *, alpha: bool = False) -> str:
+        if alpha:
+            if self.alpha_pix_fmts is None:
+                raise ValueError(f"codec {self.name} cannot store an alpha channel")
+            return self.alpha_pix_fmts[0 if bit_depth <= 8 else 1]
         return self.pix_fmt_8bit if bit_depth <= 8 else self.pix_fmt_deep
+
+    @property
+    def keeps_alpha(self) -> bool:
+        """True when this codec can store an alpha plane."""
+        return self.alpha_pix_fmts is not None
 
     @property
     def needs_even_size(self) -> bool:
@@ -98,6 +113,9 @@ CODEC_PRESETS: dict[str, CodecPreset] = {
             "mov",
             ("mov", "mkv"),
             {"profile": "3"},
+            # Alpha: ProRes 4444 (profile 4) with a 16-bit alpha plane, 4:4:4 colour.
+            ("yuva444p10le", "yuva444p10le"),
+            {"profile": "4"},
         ),
         CodecPreset(
             "ffv1",
@@ -111,14 +129,41 @@ CODEC_PRESETS: dict[str, CodecPreset] = {
             "matroska",
             ("mkv",),
             {"level": "3", "slicecrc": "1"},
+            ("yuva420p", "yuva420p10le"),
+        ),
+        # VP9 for the web, and the one delivery codec here that keeps transparency (alpha
+        # travels as a second VP9 stream in Matroska BlockAdditions). Constant quality (crf
+        # with a zero bitrate). This FFmpeg's libvpx has no high-bit-depth formats: 8-bit
+        # output, also for 10-bit sources. Chunks are WebM: mp4 drops the alpha side data.
+        CodecPreset(
+            "vp9",
+            "libvpx-vp9",
+            "yuv420p",
+            "yuv420p",
+            "crf",
+            31,
+            None,
+            None,
+            "webm",
+            ("webm", "mkv"),
+            {"b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
+            ("yuva420p", "yuva420p"),
         ),
     )
 }
 
 #: Output container names by file extension.
-CONTAINER_BY_EXTENSION = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "mkv", ".mov": "mov"}
+CONTAINER_BY_EXTENSION = {
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mkv": "mkv",
+    ".mov": "mov",
+    ".webm": "webm",
+}
 #: FFmpeg muxer names for our container names.
-MUXER_BY_CONTAINER = {"mp4": "mp4", "mkv": "matroska", "mov": "mov"}
+MUXER_BY_CONTAINER = {"mp4": "mp4", "mkv": "matroska", "mov": "mov", "webm": "webm"}
+#: Muxers of the Matroska family (WebM is a Matroska subset written by the same muxer).
+MATROSKA_MUXERS = ("matroska", "webm")
 
 
 def get_codec(name: str) -> CodecPreset:
@@ -127,6 +172,15 @@ def get_codec(name: str) -> CodecPreset:
         if name in (preset.name, preset.encoder):
             return preset
     raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_PRESETS)}")
+
+
+def alpha_codecs() -> str:
+    """The codecs that keep transparency, with their containers, for messages."""
+    return ", ".join(
+        f"{p.name} ({'/'.join('.' + c for c in p.containers)})"
+        for p in CODEC_PRESETS.values()
+        if p.keeps_alpha
+    )
 
 
 def exact_time_options(muxer: str, time_base: Fraction) -> dict[str, str]:
@@ -139,6 +193,6 @@ def exact_time_options(muxer: str, time_base: Fraction) -> dict[str, str]:
     timestamps fine (FFmpeg's own AAC encodes do), so that shift is disabled."""
     if muxer in ("mp4", "mov") and time_base.numerator == 1:
         return {"movie_timescale": str(time_base.denominator)}
-    if muxer == "matroska":
+    if muxer in MATROSKA_MUXERS:
         return {"avoid_negative_ts": "disabled"}
     return {}

@@ -4,6 +4,10 @@ Why not stream-copy segments: encoders put keyframes far apart (libx264 gave one
 10 s clip), so frame-exact batches need "seek to the keyframe before the range, decode forward,
 drop frames before the start". Frames are identified by their presentation timestamp, never by
 a nominal frame rate, so VFR sources keep every frame at its own time.
+
+With ``alpha=True`` each frame also brings its alpha plane. A VP8/VP9 alpha side channel is
+only returned by the libvpx decoders, so ``decoder`` names the one to use instead of the
+stream's default (see ``vsrflow.media.alpha``).
 """
 
 from __future__ import annotations
@@ -23,15 +27,22 @@ from vsrflow.media.rotation import DisplayMatrix, display_matrix_of
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """One RGB frame (H, W, 3; uint8 for 8-bit sources, uint16 above) and its source pts."""
+    """One RGB frame (H, W, 3; uint8 for 8-bit sources, uint16 above) and its source pts;
+    ``alpha`` (H, W) of the same dtype when asked for (fully opaque where a frame has none)."""
 
     pts: int
     rgb: np.ndarray
+    alpha: np.ndarray | None = None
 
 
 def rgb_format_for(bit_depth: int) -> str:
     """8-bit sources decode to rgb24; deeper ones to rgb48 so 10-bit detail is not clipped."""
     return "rgb24" if bit_depth <= 8 else "rgb48le"
+
+
+def rgba_format_for(bit_depth: int) -> str:
+    """The same with an alpha plane: rgba (8-bit) or rgba64le."""
+    return "rgba" if bit_depth <= 8 else "rgba64le"
 
 
 def _seek_before(
@@ -40,13 +51,29 @@ def _seek_before(
     container.seek(target_pts, stream=stream, backward=True, any_frame=False)
 
 
+def _decoder(
+    stream: av.video.VideoStream, decoder: str | None
+) -> av.video.codeccontext.VideoCodecContext:
+    """The stream's own decoder, or a fresh ``decoder`` context (libvpx for alpha)."""
+    if decoder is None:
+        return stream.codec_context
+    ctx = av.CodecContext.create(decoder, "r")
+    src = stream.codec_context
+    if src.extradata:
+        ctx.extradata = src.extradata
+    ctx.width, ctx.height = src.width, src.height
+    return ctx
+
+
 def _frames_from(
-    path: str | Path, stream_index: int, start_pts: int
+    path: str | Path, stream_index: int, start_pts: int, decoder: str | None = None
 ) -> Iterator[tuple[av.container.InputContainer, av.VideoFrame]]:
     """Yield decoded frames with pts >= start_pts, seeking as close as the index allows.
 
     If the seek lands after ``start_pts`` (some demuxers index by dts), seek again from the
-    stream start so no frame of the range is ever lost.
+    stream start so no frame of the range is ever lost. ``decoder``: decode with this
+    decoder instead of the stream's default (a fresh one per attempt, so nothing decoded
+    before a seek leaks into the range).
     """
     with av.open(str(path)) as container:
         stream = container.streams[stream_index]
@@ -58,9 +85,10 @@ def _frames_from(
                 _seek_before(container, stream, attempt_pts)
             first = True
             restart = False
+            ctx = _decoder(stream, decoder)
             try:
                 for packet in container.demux(stream):
-                    for frame in packet.decode():
+                    for frame in ctx.decode(packet) if decoder else packet.decode():
                         if frame.pts is None:
                             continue
                         if first:
@@ -101,19 +129,32 @@ def decode_range(
     *,
     colour: ColourInfo,
     bit_depth: int,
+    alpha: bool = False,
+    decoder: str | None = None,
 ) -> Iterator[DecodedFrame]:
     """Yield the frames with ``start_pts <= pts < end_pts`` (``end_pts=None``: to the end).
 
     ``colour`` must be the resolved source colour (see ``ColourInfo.resolved``) so YUV->RGB
-    uses the same matrix and range that encoding will use to go back.
+    uses the same matrix and range that encoding will use to go back. ``alpha``: also return
+    each frame's alpha plane (full range, as FFmpeg stores alpha), decoded with ``decoder``
+    when the default decoder does not return it.
     """
-    rgb_format = rgb_format_for(bit_depth)
-    for _container, frame in _frames_from(path, stream_index, start_pts):
+    rgb_format = rgba_format_for(bit_depth) if alpha else rgb_format_for(bit_depth)
+    peak = 255 if bit_depth <= 8 else 65535
+    for _container, frame in _frames_from(path, stream_index, start_pts, decoder):
         if end_pts is not None and frame.pts >= end_pts:
             return
-        rgb = frame.to_ndarray(
+        pixels = frame.to_ndarray(
             format=rgb_format,
             src_colorspace=colour.sws_matrix,
             src_color_range=colour.sws_range,
         )
-        yield DecodedFrame(pts=int(frame.pts), rgb=rgb)
+        if not alpha:
+            yield DecodedFrame(pts=int(frame.pts), rgb=pixels)
+            continue
+        plane = np.ascontiguousarray(pixels[..., 3])
+        if not any(c.is_alpha for c in frame.format.components):
+            plane = np.full_like(plane, peak)  # a frame without alpha data is opaque
+        yield DecodedFrame(
+            pts=int(frame.pts), rgb=np.ascontiguousarray(pixels[..., :3]), alpha=plane
+        )

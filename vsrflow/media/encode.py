@@ -3,7 +3,8 @@
 Every frame is encoded with its SOURCE pts in the SOURCE time base, so a VFR source stays VFR
 and assembly can remux chunks packet by packet with absolute timestamps (no second encode, no
 drift). Colour tags and rotation are written on each chunk; assembly copies the stream
-parameters from the first chunk.
+parameters from the first chunk. With ``alpha=True`` each frame also gets its alpha plane and
+the codec's alpha pixel format (ProRes 4444, FFV1 yuva, VP9 yuva420p).
 """
 
 from __future__ import annotations
@@ -20,21 +21,26 @@ import numpy as np
 
 from vsrflow.media.codecs import exact_time_options, get_codec
 from vsrflow.media.colour import ColourInfo
-from vsrflow.media.decode import rgb_format_for
+from vsrflow.media.decode import rgb_format_for, rgba_format_for
 from vsrflow.media.rotation import DisplayMatrix
 
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """User-facing encoder choice; ``None`` means the preset's default."""
+    """User-facing encoder choice; ``None`` means the preset's default. ``alpha`` is what to
+    do with a source's alpha channel (keep, flatten, drop: see ``vsrflow.media.alpha``)."""
 
     codec: str = "h264"
     quality: int | None = None
     speed: str | None = None
+    alpha: str = "keep"
 
-    def options(self) -> dict[str, str]:
+    def options(self, *, alpha: bool = False) -> dict[str, str]:
+        """Encoder options; ``alpha``: for frames with an alpha plane (ProRes 4444...)."""
         preset = get_codec(self.codec)
         opts = dict(preset.extra_options)
+        if alpha:
+            opts.update(preset.alpha_options)
         if preset.quality_option:
             q = self.quality if self.quality is not None else preset.default_quality
             opts[preset.quality_option] = str(q)
@@ -85,12 +91,14 @@ class ChunkEncoder:
         average_rate: Fraction | None,
         colour: ColourInfo,
         display_matrix: DisplayMatrix | None = None,
+        alpha: bool = False,
     ) -> None:
         preset = get_codec(settings.codec)
         self._path = Path(path)
         self._colour = colour
-        self._rgb_format = rgb_format_for(bit_depth)
-        self._pix_fmt = preset.pix_fmt_for(bit_depth)
+        self._alpha = alpha
+        self._rgb_format = rgba_format_for(bit_depth) if alpha else rgb_format_for(bit_depth)
+        self._pix_fmt = preset.pix_fmt_for(bit_depth, alpha=alpha)
         self._container = av.open(
             str(self._path),
             mode="w",
@@ -100,7 +108,7 @@ class ChunkEncoder:
         stream = self._container.add_stream(
             preset.encoder,
             rate=average_rate or Fraction(25),
-            options={**settings.options(), **deterministic_options(preset.encoder)},
+            options={**settings.options(alpha=alpha), **deterministic_options(preset.encoder)},
         )
         stream.width = width
         stream.height = height
@@ -117,7 +125,12 @@ class ChunkEncoder:
         self._stream = stream
         self.frames_written = 0
 
-    def write(self, rgb: np.ndarray, pts: int) -> None:
+    def write(self, rgb: np.ndarray, pts: int, alpha: np.ndarray | None = None) -> None:
+        """Encode one frame; ``alpha`` (H, W, same dtype) is required for an alpha chunk."""
+        if self._alpha:
+            if alpha is None:
+                raise ValueError("this chunk stores alpha: every frame needs its alpha plane")
+            rgb = np.concatenate([rgb, alpha[..., None]], axis=-1)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=self._rgb_format)
         frame = frame.reformat(
             format=self._pix_fmt,

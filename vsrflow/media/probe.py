@@ -28,6 +28,13 @@ from vsrflow.errors import (
     NotMediaError,
     NoVideoStreamError,
 )
+from vsrflow.media.alpha import (
+    BLOCK_ADDITIONAL,
+    SIDE_CHANNEL_DECODERS,
+    AlphaOutcome,
+    pix_fmt_has_alpha,
+    side_channel_decoder,
+)
 from vsrflow.media.colour import ColourInfo, colour_of
 from vsrflow.media.decode import count_decodable, read_display_matrix
 from vsrflow.media.rotation import DisplayMatrix, rotation_of
@@ -78,6 +85,13 @@ class VideoInfo:
     colour: ColourInfo
     display_matrix: DisplayMatrix | None
     sample_aspect_ratio: Fraction | None
+    #: The stream carries an alpha plane (alpha pixel format, or a VP8/VP9 side channel).
+    alpha: bool = False
+    #: The decoder that returns the alpha plane when the default one does not (libvpx-vp9
+    #: for a VP9 side channel); None: the default decoder (or no decoder here can).
+    alpha_decoder: str | None = None
+    #: This FFmpeg can decode the alpha plane (False: a side channel without libvpx).
+    alpha_readable: bool = True
 
     @property
     def rotation(self) -> int:
@@ -109,6 +123,7 @@ class VideoInfo:
             average_rate=self.average_rate,
             colour=self.colour.resolved(self.height),
             display_matrix=self.display_matrix,
+            alpha_decoder=self.alpha_decoder,
         )
 
 
@@ -117,7 +132,10 @@ class VideoParams:
     """What decoding and encoding one batch need to know about the source video stream.
 
     ``colour`` is already resolved (unspecified tags filled from the source height), so
-    decode and encode use one matrix and range.
+    decode and encode use one matrix and range. ``alpha`` is what the job does with the
+    source's alpha plane, decided at planning (:func:`vsrflow.media.alpha.alpha_outcome`):
+    "" (none, or not asked for), "keep" (upscaled by ``alpha_upscale`` and encoded),
+    "flatten" (composited over black before upscaling) or "drop" (ignored).
     """
 
     path: str
@@ -129,6 +147,16 @@ class VideoParams:
     average_rate: Fraction | None
     colour: ColourInfo
     display_matrix: DisplayMatrix | None
+    alpha: AlphaOutcome = ""
+    #: "model" or "bicubic" (the settings' ``alpha_mode``), for ``alpha == "keep"``.
+    alpha_upscale: str = "model"
+    #: Decoder returning the alpha plane when the default one does not (libvpx-vp9).
+    alpha_decoder: str | None = None
+
+    @property
+    def decodes_alpha(self) -> bool:
+        """The batch needs the alpha plane (kept or flattened)."""
+        return self.alpha in ("keep", "flatten")
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,7 @@ class MediaInfo:
                 "vfr": v.is_vfr,
                 "rotation": v.rotation,
                 "colour": v.colour.names(),
+                "alpha": v.alpha,
             },
             "streams": [
                 {
@@ -279,6 +308,9 @@ def probe(
         pts: list[int] = []
         keyframes: list[int] = []
         data_end = 0
+        # VP8/VP9 alpha travels as BlockAdditional side data (see vsrflow.media.alpha).
+        side_channel = cc.name in SIDE_CHANNEL_DECODERS
+        side_alpha = False
         try:
             for packet in container.demux():
                 if packet.size == 0:
@@ -295,6 +327,8 @@ def probe(
                         "remux it into mp4/mkv first"
                     )
                 pts.append(packet.pts)
+                if side_channel and not side_alpha:
+                    side_alpha = packet.has_sidedata(BLOCK_ADDITIONAL)
                 if packet.is_keyframe:
                     keyframes.append(packet.pts)
         except av.error.FFmpegError as exc:
@@ -317,6 +351,7 @@ def probe(
         keyframes.sort()
         pix_fmt = cc.pix_fmt or "yuv420p"
         display_matrix = read_display_matrix(source, vstream.index)
+        alpha_decoder = side_channel_decoder(cc.name) if side_alpha else None
         video = VideoInfo(
             index=vstream.index,
             codec=cc.name,
@@ -333,6 +368,9 @@ def probe(
             sample_aspect_ratio=Fraction(cc.sample_aspect_ratio)
             if cc.sample_aspect_ratio
             else None,
+            alpha=side_alpha or pix_fmt_has_alpha(pix_fmt),
+            alpha_decoder=alpha_decoder,
+            alpha_readable=not side_alpha or alpha_decoder is not None,
         )
         streams = tuple(
             StreamInfo(
