@@ -28,6 +28,10 @@ from vsrflow.results import as_json
 from vsrflow.settings import UpscaleSettings
 from vsrflow.settings_cli import add_settings_options, describe, given_settings, settings_from_args
 
+#: Exit status of an image folder where some images failed and the others were published
+#: (0: everything published; 2: an expected failure, nothing published; 1: a bug).
+EXIT_PARTIAL = 3
+
 #: Defaults that make the embedded Prefect server work offline on small machines.
 PREFECT_ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -153,6 +157,47 @@ def _check_prefect_api() -> None:
         check_api(PREFECT_API_URL.value())
 
 
+def _prepare_prefect(verbose: bool) -> None:
+    """Prefect for a command line: the temporary server (no PREFECT_API_URL) is stopped when
+    this process dies, even by SIGKILL; and unless ``verbose``, Prefect's failure records
+    stay off the console (the run's logs in the API keep them): an expected failure then
+    reads as the one ``vsrflow: error:`` line."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks import run_logging
+
+    if not PREFECT_API_URL.value():
+        from flows.temporary_server import guard
+
+        guard()
+    if not verbose:
+        run_logging.quiet_failures_on_console()
+
+
+def _check_images_job(args: argparse.Namespace) -> None:
+    """Refuse, before Prefect starts, an image job that would write into its input (the flow
+    checks again, with the run's S3 endpoint and every pair, in plan-images/preflight)."""
+    from flows.upscale_video import default_work_dir
+    from vsrflow import safety
+
+    source, output = args.input, args.output
+    if "://" in source:
+        key = source[len("s3://") :].partition("/")[2]
+        suffix = PurePosixPath(key).suffix.lower()
+        folder = not key or key.endswith("/") or suffix not in IMAGE_SUFFIXES
+    else:
+        folder = Path(source).is_dir()
+    if folder:
+        work_dir = args.work_dir or default_work_dir(os.path.join(output, "x"))
+        safety.check_images_job(source, output, work_dir, folder=True)
+        return
+    if PurePosixPath(output).suffix.lower() not in IMAGE_SUFFIXES:
+        join = f"{output.rstrip('/')}/" if "://" in output else os.path.join(output, "")
+        output = join + PurePosixPath(source).name
+    work_dir = args.work_dir or default_work_dir(output)
+    safety.check_images_job(source, output, work_dir, folder=False)
+
+
 def _run_upscale(args: argparse.Namespace) -> int:
     for key, value in PREFECT_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -161,6 +206,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _check_prefect_api()
     if _is_image_job(args.input):
+        _check_images_job(args)
+        _prepare_prefect(args.verbose)
         from flows.upscale_images import upscale_images
 
         images = upscale_images(
@@ -170,20 +217,38 @@ def _run_upscale(args: argparse.Namespace) -> int:
             credentials_block=args.credentials_block or "",
             **_placement(args),
         )
-        print(json.dumps(as_json(images), indent=2))
+        summary = as_json(images)
+        failed = images.failed
+        summary["status"] = "partial" if failed else "complete"
+        summary["failed"] = [{"source": e.source, "reason": e.reason} for e in failed]
+        print(json.dumps(summary, indent=2))
+        if failed:
+            names = ", ".join(PurePosixPath(e.source).name for e in failed)
+            print(
+                f"vsrflow: partial: {len(failed)} of {len(images.images)} images failed and "
+                f'were not published ({names}); the others were ("failed" in the summary '
+                f"and in {images.manifest})",
+                file=sys.stderr,
+            )
+            return EXIT_PARTIAL
         return 0
 
-    from flows.upscale_video import default_work_dir, upscale_video
+    from flows.upscale_video import default_work_dir
+    from vsrflow import safety
+
+    # Fail fast, before Prefect starts, with one line for a run the flow would refuse.
+    work_dir = args.work_dir or default_work_dir(args.output)
+    safety.check_video_job(args.input, args.output, work_dir)
+    _prepare_prefect(args.verbose)
+    from flows.upscale_video import upscale_video
     from vsrflow.media.assemble import check_output_compatible
     from vsrflow.media.probe import probe
     from vsrflow.report import artifact_key
 
-    # Fail fast, before Prefect starts, with one line for input the flow would reject.
     if "://" not in args.input:
         check_output_compatible(
             probe(args.input), args.output, settings.encoder.codec, alpha=settings.encoder.alpha
         )
-    work_dir = args.work_dir or default_work_dir(args.output)
     # A unique run name lets the progress watcher find this run's progress artifact.
     run_name = f"{artifact_key(args.output)}-{uuid.uuid4().hex[:8]}"
     done = threading.Event()

@@ -34,6 +34,7 @@ from flows.params import (
 from tasks.artifacts import publish_report, report_progress, start_progress
 from tasks.lease import acquire_lease, release_lease
 from tasks.media import assemble_output, plan_job, probe_source
+from tasks.preflight import preflight_video
 from tasks.storage import result_storage_for
 from tasks.upscale import check_cached_chunk, remove_chunks, upscale_batch
 from vsrflow import PIPELINE_VERSION, storage
@@ -185,6 +186,7 @@ def upscale_video(
             f"profile {profile!r} runs batches in separate worker processes: start a Prefect "
             "server and set PREFECT_API_URL (workers must report to one real server)"
         )
+    preflight_video(input_path, output_path, work, creds)  # before the lease: it writes
     lease = acquire_lease(output_path, work, str(flow_run.id), creds)
     try:
         return _run_job(input_path, output_path, settings, compute, work, creds, keep_chunks)

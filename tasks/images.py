@@ -19,12 +19,13 @@ from tasks.caching import KeyedBy
 from tasks.retry import retry_transient
 from tasks.storage import locations_for
 from tasks.upscale import upscaler_for
-from vsrflow import PIPELINE_VERSION
+from vsrflow import PIPELINE_VERSION, safety
 from vsrflow.errors import redacting
-from vsrflow.images import ImageResult, pair_images, upscale_image_at
+from vsrflow.images import ImageResult, is_image_folder, pair_images, upscale_image_at
 from vsrflow.job import UpscaleJob
 from vsrflow.locations import Locations
 from vsrflow.models import get_model
+from vsrflow.storage import S3Config
 
 #: Threads identifying sources and checking outputs while planning (HEAD requests on S3,
 #: sha256 of local files): enough to hide round trips, few enough for any endpoint.
@@ -99,18 +100,23 @@ def plan_images(
     settings_identity: dict[str, object],
     credentials_block: str | None = None,
 ) -> ImagesPlan:
-    """Resolve the weights (download + verify if needed), list the images (one file, a
-    folder or an s3:// prefix), pair them with outputs, identify each source and check which
-    outputs exist. A missing source fails here, before
-    any compute, with the storage layer's message (no URL, no secret)."""
-    weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
+    """List the images (one file, a folder or an s3:// prefix), pair them with outputs,
+    resolve the weights (download + verify if needed), identify each source and check which
+    outputs exist. A missing source, an output folder inside the input folder or an output
+    that is one of the sources (any spelling, hard links too: :mod:`vsrflow.safety`) fails
+    here, before any compute, with one message (no URL, no secret)."""
     locations = locations_for(credentials_block)
+    s3 = locations.s3 if locations.s3 is not None else S3Config.from_env()
     with redacting():
+        if is_image_folder(input_path):
+            safety.check_folder_not_inside_input(input_path, output_path, s3)
         pairs = pair_images(locations, input_path, output_path)
-        with ThreadPoolExecutor(min(PLAN_THREADS, len(pairs.pairs))) as pool:
-            items = tuple(
-                pool.map(lambda p: _item(locations, p, settings_identity, weights), pairs.pairs)
-            )
+        safety.check_image_pairs(pairs.pairs, s3)
+    weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
+    with redacting(), ThreadPoolExecutor(min(PLAN_THREADS, len(pairs.pairs))) as pool:
+        items = tuple(
+            pool.map(lambda p: _item(locations, p, settings_identity, weights), pairs.pairs)
+        )
     return ImagesPlan(items, pairs.folder, pairs.output, pairs.manifest, weights)
 
 

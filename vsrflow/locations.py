@@ -22,6 +22,7 @@ from typing import Any
 
 from vsrflow import storage
 from vsrflow.hashing import file_sha256
+from vsrflow.scratch import owner_tag, sweep
 from vsrflow.storage import S3Config
 
 #: Where local scratch files (chunks before upload, outputs before publish) are written.
@@ -118,9 +119,13 @@ class Locations:
     @contextmanager
     def scratch(self, name: str) -> Iterator[Path]:
         """A local path for ``name`` in a private temporary directory (``$VSRFLOW_SCRATCH_DIR``
-        or the system temp dir), removed afterwards with whatever is left in it."""
-        root = os.environ.get(SCRATCH_ENV) or None
-        directory = Path(tempfile.mkdtemp(prefix="vsrflow-", dir=root))
+        or the system temp dir), removed afterwards with whatever is left in it.
+
+        The directory's name carries this process's owner tag, and the first use of a root in
+        a process removes what killed runs left there (:mod:`vsrflow.scratch`)."""
+        root = os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()
+        sweep(root)
+        directory = Path(tempfile.mkdtemp(prefix=owner_tag(), dir=root))
         try:
             yield directory / name
         finally:
@@ -134,10 +139,18 @@ class Locations:
         return _beside(Path(location))
 
 
+#: Characters of the target's name kept in the name of its scratch directory (NAME_MAX is 255).
+_NAME_IN_SCRATCH = 120
+
+
 @contextmanager
 def _beside(target: Path) -> Iterator[Path]:
+    """A hidden, owner-tagged directory beside ``target`` (``.<name>.vsrflow-scratch-...``);
+    stale ones a killed run left in that directory are removed first (once per process)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    sweep(target.parent)
+    prefix = f".{target.name[:_NAME_IN_SCRATCH]}.{owner_tag()}"
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     try:
         yield directory / target.name
     finally:

@@ -72,6 +72,9 @@ class VideoResult:
 class ImageStatus(enum.Enum):
     COMPUTED = "computed"
     CACHED = "cached"
+    #: The image could not be used (corrupt, not an image, gone): nothing was published for
+    #: it; ``ImageEntry.reason`` says why. The other images of the folder were.
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class ImageEntry:
     source: str
     output: str
     status: ImageStatus
+    #: Why a FAILED image failed (one line); empty otherwise.
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,16 @@ class ImagesResult:
     @property
     def cached(self) -> int:
         return sum(entry.status is ImageStatus.CACHED for entry in self.images)
+
+    @property
+    def failed(self) -> list[ImageEntry]:
+        """The images that could not be upscaled (each with its reason)."""
+        return [entry for entry in self.images if entry.status is ImageStatus.FAILED]
+
+    @property
+    def partial(self) -> bool:
+        """Some images were published and some failed (the CLI exits 3)."""
+        return bool(self.failed)
 
 
 class VideoStatus(enum.Enum):

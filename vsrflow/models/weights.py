@@ -59,6 +59,7 @@ from vsrflow.errors import (
 )
 from vsrflow.hashing import clear_hash_memo, file_sha256
 from vsrflow.models.registry import ModelSpec, get_spec, list_specs
+from vsrflow.scratch import owner_tag, sweep
 
 ENV_MODEL_PATH: Final = "VSRFLOW_MODEL_PATH"
 ENV_MODEL_CACHE: Final = "VSRFLOW_MODEL_CACHE"
@@ -148,6 +149,7 @@ def resolve_weights(
                 )
             return ResolvedWeights(candidate, actual, spec)
 
+    _sweep_partial_downloads(cache)
     cached = cache / spec.filename
     if cached.is_file():
         actual = file_sha256(cached)
@@ -183,6 +185,7 @@ def fetch_weights(
     """
     spec = get_spec(name)
     cache = default_cache_dir() if cache_dir is None else cache_dir
+    _sweep_partial_downloads(cache)
     cached = cache / spec.filename
     if not force and cached.is_file() and file_sha256(cached) == spec.sha256:
         return ResolvedWeights(cached, spec.sha256, spec)
@@ -208,6 +211,18 @@ def _resolve_user_file(path: Path) -> ResolvedWeights:
     return ResolvedWeights(path, file_sha256(path), None)
 
 
+def _is_partial_download(name: str) -> bool:
+    """``.<file>.<random>.part``: a download this module started (untagged: older versions)."""
+    return name.startswith(".") and name.endswith(".part")
+
+
+def _sweep_partial_downloads(cache: Path) -> None:
+    """Remove the ``.part`` files of downloads whose process died (kill -9, node lost): the
+    owner-tagged ones whose PID is gone, untagged ones by age (:mod:`vsrflow.scratch`)."""
+    if cache.is_dir():
+        sweep(cache, legacy=_is_partial_download)
+
+
 def _download(spec: ModelSpec, cache: Path, *, progress: bool) -> Path:
     """Stream ``spec`` into ``cache`` atomically; return the final path.
 
@@ -219,7 +234,10 @@ def _download(spec: ModelSpec, cache: Path, *, progress: bool) -> Path:
         raise WeightsDownloadError(f"refusing to download {spec.name} from {url}: bad scheme")
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / spec.filename
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=cache)
+    _sweep_partial_downloads(cache)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{spec.filename}.{owner_tag()}", suffix=".part", dir=cache
+    )
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
