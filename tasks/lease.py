@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -12,6 +13,7 @@ from prefect.states import Crashed
 
 from tasks.retry import retry_transient
 from tasks.storage import locations_for
+from vsrflow.errors import VsrflowError
 from vsrflow.lease import OutputLease
 
 
@@ -27,19 +29,29 @@ def acquire_lease(
     output_path: str, work_dir: str, owner: str, credentials_block: str | None = None
 ) -> OutputLease:
     """Take the lease on ``output_path`` (renewed in the background until released); a run
-    whose process died holding it is marked Crashed (it would stay Running forever)."""
-    lease = OutputLease(locations_for(credentials_block), work_dir, output_path, owner=owner)
+    whose process died holding it is marked Crashed (it would stay Running forever).
+
+    The lease is keyed on the real output (any spelling, any ``work_dir``: see
+    :mod:`vsrflow.lease`); ``work_dir`` is only recorded in it for other runs' messages."""
+    lease = OutputLease(locations_for(credentials_block), output_path, owner, work_dir=work_dir)
     dead = lease.acquire()
     if dead is not None:
-        mark_crashed(
-            dead.owner,
-            f"its process stopped renewing the lease on {output_path}; run {owner} took over",
-        )
+        try:
+            mark_crashed(
+                dead.owner,
+                f"its process stopped renewing the lease on {output_path}; run {owner} took over",
+            )
+        except BaseException:
+            with contextlib.suppress(VsrflowError, OSError):
+                lease.release()  # a retry of this task takes it again
+            raise
     return lease
 
 
 @task(name="release-output-lease", cache_policy=NO_CACHE, persist_result=False)
 def release_lease(lease: OutputLease) -> None:
+    """Remove the lease if it is still this run's; fails (LeaseLostError) if another run took
+    it over while this one worked."""
     lease.release()
 
 

@@ -286,9 +286,11 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(
     from vsrflow.lease import OutputLockedError, lease_location
     from vsrflow.locations import Locations
 
+    # The lease lives beside the output (not in the work dir): another run with another work
+    # dir holds it.
     output, work = tmp_path / "out.mp4", tmp_path / "work"
-    held = Path(lease_location(Locations(), str(work), str(output)))
-    held.parent.mkdir(parents=True)
+    held = Path(lease_location(Locations(), str(output)))
+    assert held.parent == tmp_path.resolve()
     held.write_text(
         json.dumps(
             {
@@ -303,3 +305,4 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(
         _run(no_audio_clip.path, output, model_path, work)
     assert not output.exists()
     assert json.loads(held.read_text())["owner"] == "other-run"  # not stolen
+    held.unlink()

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
-import botocore.exceptions as bex
-
 from vsrflow import storage
 from vsrflow.errors import ObjectNotFoundError, StorageError
 from vsrflow.locations import Locations
@@ -260,7 +258,9 @@ class ClaimStore:
         where = self.location(name)
         body = json.dumps(dict(record), sort_keys=True, indent=2).encode()
         if storage.is_s3_uri(where):
-            return _s3_put_if_absent(where, body, _s3_config(self._locations))
+            # PutObject with If-None-Match: * (False on 412, or on 409 for a concurrent
+            # conditional write of the same key that lost).
+            return storage.put_if_absent(where, body, _s3_config(self._locations)) is not None
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -291,30 +291,6 @@ class ClaimStore:
 
     def remove(self, name: str) -> None:
         self._locations.remove(self.location(name))
-
-
-def _s3_put_if_absent(uri: str, body: bytes, config: S3Config) -> bool:
-    """``PutObject`` with ``If-None-Match: *``: the server stores it only if no object has
-    that key (AWS S3 since 2024, SeaweedFS, MinIO). False on 412 Precondition Failed (and on
-    409, a concurrent conditional write of the same key that lost)."""
-    bucket, key = storage.parse_s3_uri(uri)
-    try:
-        config.client().put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=body,
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
-    except bex.ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        raise StorageError(f"cannot create claim {uri}: {code or exc} (HTTP {status})") from exc
-    except bex.BotoCoreError as exc:
-        raise StorageError(f"cannot create claim {uri}: {type(exc).__name__}: {exc}") from exc
-    return True
 
 
 def claim_digest(output: str, version: str, parameters: Mapping[str, Any]) -> str:
