@@ -41,6 +41,7 @@ from vsrflow import PIPELINE_VERSION, storage
 from vsrflow.chunks import ChunkProblem
 from vsrflow.compare import middle_frame
 from vsrflow.job import JobPlan, UpscaleJob
+from vsrflow.lease import OutputLease
 from vsrflow.media.assemble import AssemblyReport
 from vsrflow.media.probe import MediaInfo
 from vsrflow.pipeline import BatchResult
@@ -189,7 +190,7 @@ def upscale_video(
     preflight_video(input_path, output_path, work, creds)  # before the lease: it writes
     lease = acquire_lease(output_path, work, str(flow_run.id), creds)
     try:
-        return _run_job(input_path, output_path, settings, compute, work, creds, keep_chunks)
+        return _run_job(input_path, output_path, settings, compute, work, creds, keep_chunks, lease)
     finally:
         release_lease(lease)
 
@@ -209,6 +210,7 @@ def _run_job(
     work: str,
     credentials_block: str | None,
     keep_chunks: bool,
+    lease: OutputLease,
 ) -> VideoResult:
     """probe -> plan -> upscale batches -> assemble + publish, with timings and a manifest."""
     logger = get_run_logger()
@@ -254,6 +256,7 @@ def _run_job(
         "workers": list(workers),
         "alpha": plan.alpha_description(),
     }
+    lease.ensure_held()  # a run whose lease was taken over must not publish over the taker
     t0 = time.perf_counter()
     report = assemble_output(
         info,

@@ -282,9 +282,9 @@ def test_killed_flow_process_resumes_with_only_unfinished_batches(
     total = 120 // BATCH_FRAMES
     assert 2 <= finished < total
     assert not storage.exists(f"s3://{bucket}/killed/out.mp4", s3)
-    leases = _keys(bucket, f"{work}/leases/", s3)
-    assert len(leases) == 1  # the dead run's lease is still there
-    dead_run = storage.get_json(leases[0], s3)["owner"]
+    lease = f"s3://{bucket}/killed/.out.mp4.vsrflow-lease"  # beside the output
+    assert storage.exists(lease, s3)  # the dead run's lease is still there
+    dead_run = storage.get_json(lease, s3)["owner"]
     assert _flow_run_state(cluster_env, dead_run) == "RUNNING"  # prefect#12969
 
     rerun = _run(cluster_env, *args)
@@ -296,7 +296,7 @@ def test_killed_flow_process_resumes_with_only_unfinished_batches(
     assert all(np.array_equal(a, b) for a, b in zip(frames, reference_frames, strict=True))
     # The rerun took over the dead run's lease and marked that run Crashed.
     assert _flow_run_state(cluster_env, dead_run) == "CRASHED"
-    assert _keys(bucket, f"{work}/leases/", s3) == []
+    assert not storage.exists(lease, s3)
     _wait_no_jobs(cluster_env)
 
 
