@@ -35,7 +35,7 @@ from pydantic import Field
 
 from flows.params import CredentialsParam, Prefix, ProfileParam, form_descriptions
 from flows.upscale_video import SettingsParam
-from tasks.retry import retry_transient
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow import catalog
 from vsrflow.catalog import Candidate, ClaimStore, RunState
@@ -88,9 +88,7 @@ def check_prefixes(kind: Kind, source_prefix: str, target_prefix: str) -> None:
 @task(
     name="list-videos",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def list_videos(
     source_prefix: str,
@@ -113,9 +111,7 @@ def list_videos(
     name="launch-video",
     task_run_name="launch-{candidate.relative}",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def launch_video(
     kind: Kind,

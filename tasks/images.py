@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from tasks.caching import KeyedBy
-from tasks.retry import retry_transient
+from tasks.retry import TRANSIENT_RETRIES, retry_transient
 from tasks.storage import locations_for
 from tasks.upscale import upscaler_for
 from vsrflow import PIPELINE_VERSION, safety
@@ -89,9 +89,7 @@ def _item(
 @task(
     name="plan-images",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def plan_images(
     input_path: str,
@@ -154,9 +152,7 @@ def upscale_image(
 @task(
     name="write-manifest",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def write_manifest(
     location: str, document: dict[str, Any], credentials_block: str | None = None

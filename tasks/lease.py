@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-from tasks.retry import retry_transient
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow.errors import VsrflowError
 from vsrflow.lease import OutputLease
@@ -21,9 +21,7 @@ from vsrflow.lease import OutputLease
     name="take-output-lease",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def acquire_lease(
     output_path: str, work_dir: str, owner: str, credentials_block: str | None = None

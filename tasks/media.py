@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import retry_transient
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from tasks.upscale import chunk_location
 from vsrflow.errors import redacting
@@ -28,9 +28,7 @@ from vsrflow.settings import UpscaleSettings
 @task(
     name="probe",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def probe_source(
     input_path: str, credentials_block: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -51,9 +49,7 @@ def probe_source(
 @task(
     name="plan",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def plan_job(
     info: MediaInfo,
@@ -102,9 +98,7 @@ def manifest_location(output_path: str) -> str:
 @task(
     name="assemble",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def assemble_output(
     info: MediaInfo,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import retry_transient
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow import safety
 from vsrflow.storage import S3Config
@@ -22,9 +22,7 @@ def _s3(credentials_block: str | None) -> S3Config:
 @task(
     name="preflight-video",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def preflight_video(
     input_path: str, output_path: str, work_dir: str, credentials_block: str | None = None
@@ -37,9 +35,7 @@ def preflight_video(
 @task(
     name="preflight-images",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def preflight_images(
     input_path: str,

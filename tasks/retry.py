@@ -40,3 +40,12 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return True
+
+
+#: The retry policy of every task that does I/O: two more tries, 2 s apart, for transient
+#: failures only. ``@task(name=..., **TRANSIENT_RETRIES)``.
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": retry_transient,
+}

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.caching import KeyedBy
-from tasks.retry import retry_transient
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow.chunks import ChunkProblem, check_chunk
 from vsrflow.engine import Upscaler
@@ -40,9 +40,7 @@ def chunk_location(work_dir: str, batch: Batch) -> str:
 @task(
     name="remove-chunks",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def remove_chunks(chunks: list[str], credentials_block: str | None = None) -> int:
     """Free the scratch space of a published video (its chunks); returns how many."""
@@ -64,9 +62,7 @@ def upscaler_for(job: UpscaleJob) -> Upscaler:
 @task(
     name="upscale-batch",
     task_run_name="batch-{batch.index}",
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=KeyedBy(parameter="batch", prefix="upscale-batch-"),
     persist_result=True,
 )
@@ -103,9 +99,7 @@ def upscale_batch(
     name="check-cached-chunk",
     task_run_name="check-chunk-{result.index}",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
+    **TRANSIENT_RETRIES,
 )
 def check_cached_chunk(
     result: BatchResult, credentials_block: str | None = None

@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,6 +98,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Shared data (read in place, never copied into the repository)
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """The suite's SeaweedFS, its endpoint and keys exported to this process's environment for
+    the module (in-process flows use no credentials block); skipped where it cannot run.
+    Modules that only need the values override this fixture."""
+    import infra
+
+    try:
+        env = infra.ensure_s3()
+    except infra.InfraUnavailable as exc:
+        pytest.skip(f"S3 (SeaweedFS) cannot run here: {exc}")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield env
 
 
 def _require(path: Path, what: str) -> Path:

@@ -54,20 +54,6 @@ _ENV_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 
 
 @pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    """The suite's SeaweedFS; its endpoint and keys are this process's environment for the
-    module (in-process flows use no credentials block)."""
-    try:
-        env = infra.ensure_s3()
-    except infra.InfraUnavailable as exc:
-        pytest.skip(f"S3 (SeaweedFS) cannot run here: {exc}")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        yield env
-
-
-@pytest.fixture(scope="module")
 def s3(s3_env: dict[str, str]) -> S3Config:
     return S3Config.from_env(s3_env)
 

@@ -443,18 +443,6 @@ def test_an_expected_failure_inside_the_flow_prints_exactly_one_line(
 
 
 @pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    try:
-        env = infra.ensure_s3()
-    except infra.InfraUnavailable as exc:
-        pytest.skip(f"S3 (SeaweedFS) cannot run here: {exc}")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        yield env
-
-
-@pytest.fixture(scope="module")
 def bucket(s3_env: dict[str, str]) -> Iterator[str]:
     with infra.temporary_bucket(S3Config.from_env(s3_env).client(), "vsrflow-safety") as name:
         yield name
