@@ -88,3 +88,27 @@ def test_an_output_beyond_the_pixel_limit_is_refused_in_one_line(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("vsrflow: error:") and "over the limit of 1 MP" in last, last
     assert not out.exists()
+
+
+def test_a_12000x12000_png_is_refused_in_one_line(shared_model, tmp_path: Path) -> None:
+    from PIL import Image
+
+    weights = shared_model("realesr-animevideov3.pth")
+    big = tmp_path / "huge.png"
+    Image.new("RGB", (12000, 12000), (40, 90, 160)).save(big, optimize=True)
+    assert big.stat().st_size < 1_000_000  # a small file that decodes to 432 MB
+    out = tmp_path / "huge_x4.png"
+    result = _cli(
+        str(big),
+        "-o",
+        str(out),
+        "--weights",
+        str(weights),
+        env={"PREFECT_HOME": str(tmp_path / "prefect")},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vsrflow: error:"), lines
+    assert "48000x48000" in lines[0] and "over the limit" in lines[0], lines[0]
+    assert not out.exists()
