@@ -1,10 +1,16 @@
 """Registry of known model weights: small frozen records, no loading logic.
 
-Each entry pins one official Real-ESRGAN release file by URL, byte size and sha256, so a
-name in a config always means the same bytes on every machine. Everything that can be
-derived from the weights themselves (architecture, channels) is left to spandrel and is
-deliberately not configured here a second time; ``scale`` is kept because planning needs
-output sizes before any weights are fetched.
+Each entry pins one official release file by URL, byte size and sha256, so a name in a config
+always means the same bytes on every machine. Everything that can be derived from the weights
+themselves (architecture, channels) is left to spandrel and is deliberately not configured
+here a second time; ``scale`` is kept because planning needs output sizes before any weights
+are fetched.
+
+Two purposes share the registry, so both are fetched and verified by the same code
+(``vsrflow models fetch NAME``): ``"sr"`` entries (Real-ESRGAN releases) upscale whole frames;
+``"face"`` entries (GFPGAN releases) restore aligned face crops and are used by
+:mod:`vsrflow.faces.restore`. :func:`list_specs` returns the SR entries unless asked for
+another purpose, so the model choices offered for upscaling never include a face restorer.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ from typing import Final, Literal, get_args
 from vsrflow.errors import UnknownModelError
 
 ContentPreset = Literal["anime", "real", "general"]
+#: What an entry's weights do: upscale frames, or restore aligned 512x512 face crops.
+ModelPurpose = Literal["sr", "face"]
 
 #: Where the official release assets live. Mirrors replace this base (see
 #: ``VSRFLOW_MODEL_BASE_URL`` in :mod:`vsrflow.models.weights`); the path below it is kept.
 RELEASE_BASE_URL: Final = "https://github.com/xinntao/Real-ESRGAN/releases/download/"
+#: Where GFPGAN's official release assets live (face restorers).
+GFPGAN_RELEASE_BASE_URL: Final = "https://github.com/TencentARC/GFPGAN/releases/download/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +47,19 @@ class ModelSpec:
     #: Registry name of a model whose weights can be blended with this one (Real-ESRGAN's
     #: "denoise strength"); ``None`` when the model has no such partner.
     denoise_partner: str | None = None
+    purpose: ModelPurpose = "sr"
+    #: The release site ``url`` lies under; mirrors replace it and keep the path below.
+    release_base: str = RELEASE_BASE_URL
 
     @property
     def release_path(self) -> str:
-        """The URL path below :data:`RELEASE_BASE_URL`, e.g. ``v0.2.5.0/x.pth``.
+        """The URL path below :attr:`release_base`, e.g. ``v0.2.5.0/x.pth``.
 
         Mirrors are expected to keep this layout, so only the base URL needs overriding.
         """
-        if not self.url.startswith(RELEASE_BASE_URL):
-            raise ValueError(f"{self.name}: url {self.url} is not under {RELEASE_BASE_URL}")
-        return self.url[len(RELEASE_BASE_URL) :]
+        if not self.url.startswith(self.release_base):
+            raise ValueError(f"{self.name}: url {self.url} is not under {self.release_base}")
+        return self.url[len(self.release_base) :]
 
 
 def _release(
@@ -132,6 +145,24 @@ _REGISTRY: dict[str, ModelSpec] = {
             "real",
             "Large RRDB model for real-world footage at 2x.",
         ),
+        # Face restorer (purpose "face"): GFPGAN v1.4, published in the v1.3.0 release. It maps
+        # an aligned 512x512 face crop to a restored 512x512 crop (scale 1). The sha256 is
+        # the release file's (../shared/README.md); the size is the one other projects' download
+        # manifests list beside that sha256 (it only sizes the progress bar when a server sends
+        # no Content-Length). The file cannot be downloaded from the machines this project is
+        # built on (no internet): tests serve a stand-in under the same release path.
+        ModelSpec(
+            name="GFPGANv1.4",
+            filename="GFPGANv1.4.pth",
+            url=f"{GFPGAN_RELEASE_BASE_URL}v1.3.0/GFPGANv1.4.pth",
+            sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+            size_bytes=348_632_874,
+            scale=1,
+            content="real",
+            description="GFPGAN v1.4 face restorer (512x512 aligned faces; StyleGAN2 prior).",
+            purpose="face",
+            release_base=GFPGAN_RELEASE_BASE_URL,
+        ),
     )
 }
 
@@ -146,9 +177,9 @@ _CONTENT_DEFAULTS: Final[dict[ContentPreset, str]] = {
 CONTENT_PRESETS: Final[tuple[ContentPreset, ...]] = get_args(ContentPreset)
 
 
-def list_specs() -> tuple[ModelSpec, ...]:
-    """All registry entries, in registry order."""
-    return tuple(_REGISTRY.values())
+def list_specs(purpose: ModelPurpose | None = "sr") -> tuple[ModelSpec, ...]:
+    """Registry entries for ``purpose`` (default: the SR models; ``None``: all), in order."""
+    return tuple(s for s in _REGISTRY.values() if purpose is None or s.purpose == purpose)
 
 
 def get_spec(name: str) -> ModelSpec:
