@@ -117,7 +117,11 @@ def assemble_output(
             staged,
             source=locations.readable(info.path),
         )
-        locations.publish(staged, output_path, verify=lambda url: verify_output(url, info))
+        # The flow holds the output lease (flows/upscale_video.py checks it just before),
+        # so any temporary object beside the output is a killed run's: remove it.
+        locations.publish(
+            staged, output_path, verify=lambda url: verify_output(url, info), exclusive=True
+        )
     report = dataclasses.replace(report, path=output_path)
     if manifest is not None:
         document = {

@@ -324,6 +324,31 @@ def test_publish_file_small_single_copy(cfg: S3Config, prefix: str, tmp_path: Pa
     assert keys_under(prefix, cfg) == [final]
 
 
+def test_publish_removes_what_a_killed_publish_left(
+    cfg: S3Config, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 between upload and cleanup leaves ``.<name>.partial-*``: the next publish of
+    that key removes it (at once when it holds the output lease, else once it is stale), and
+    never touches another key's temporaries."""
+    src = random_file(tmp_path / "out.mp4", 3000)
+    final = storage.join_uri(prefix, "job", "out.mp4")
+    left = storage.join_uri(prefix, "job", f".out.mp4{storage.PARTIAL_MARKER}deadrun")
+    other = storage.join_uri(prefix, "job", f".other.mp4{storage.PARTIAL_MARKER}liverun")
+    for uri in (left, other):
+        storage.upload_file(random_file(tmp_path / "junk", 100), uri, cfg)
+
+    storage.publish_file(src, final, cfg)  # not leased, and the leftover is seconds old
+    assert keys_under(prefix, cfg) == sorted([final, left, other])
+
+    storage.publish_file(src, final, cfg, exclusive=True)
+    assert keys_under(prefix, cfg) == sorted([final, other])
+
+    storage.upload_file(random_file(tmp_path / "junk", 100), left, cfg)
+    monkeypatch.setenv("VSRFLOW_SCRATCH_STALE_S", "0")
+    assert storage.sweep_stale_partials(final, cfg) == [left]
+    assert keys_under(prefix, cfg) == sorted([final, other])
+
+
 class ProbeFailed(Exception):
     pass
 

@@ -83,14 +83,25 @@ class Locations:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(local, target)
 
-    def publish(self, local: Path, location: str, verify: Callable[[str], Any]) -> None:
+    def publish(
+        self,
+        local: Path,
+        location: str,
+        verify: Callable[[str], Any],
+        *,
+        exclusive: bool = False,
+    ) -> None:
         """Publish a finished local file atomically after ``verify(readable_copy)`` passes.
 
         S3: upload to a temporary key, verify the object as stored, server-side copy to the
         final key, delete the temporary one. Local: verify, then rename into place.
+        ``exclusive``: the caller holds the output's lease, so temporary objects a killed
+        publish of this key left are removed whatever their age.
         """
         if self.is_remote(location):
-            storage.publish_file(local, location, self._config(), verify=verify)
+            storage.publish_file(
+                local, location, self._config(), verify=verify, exclusive=exclusive
+            )
             return
         verify(str(local))
         target = Path(location)

@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +47,7 @@ from vsrflow.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from vsrflow.scratch import stale_after_s
 
 __all__ = [
     "ClientFactory",
@@ -69,6 +70,7 @@ __all__ = [
     "put_if_absent",
     "put_if_match",
     "put_json",
+    "sweep_stale_partials",
     "upload_file",
 ]
 
@@ -741,8 +743,14 @@ def publish_file(
     content_type: str | None = None,
     multipart_threshold: int = 64 * MiB,
     part_size: int = 16 * MiB,
+    exclusive: bool = False,
 ) -> ObjectInfo:
     """Publish a local file at ``final_uri`` so that readers see all of it or nothing.
+
+    0. remove temporary objects a killed publish of the same key left behind
+       (:func:`sweep_stale_partials`): all of them when ``exclusive`` (the caller holds the
+       output's lease, so no live run can own one), else those older than the scratch
+       staleness limit;
 
     1. upload to ``<dir>/.<name>.partial-<uuid>`` beside the final key, HEAD it and compare its
        size with the local file;
@@ -757,6 +765,7 @@ def publish_file(
     there stays as it was). The copy replaces the final object in one step.
     """
     bucket, key = parse_s3_uri(final_uri)
+    sweep_stale_partials(final_uri, config, older_than_s=0.0 if exclusive else None)
     transfer = _transfer_config(multipart_threshold, part_size)
     temp_key = _partial_key(key)
     temp_uri = _uri(bucket, temp_key)
@@ -789,6 +798,35 @@ def publish_file(
         return final
     finally:
         _delete_quietly(temp_uri, config)
+
+
+def sweep_stale_partials(
+    final_uri: str, config: S3Config, *, older_than_s: float | None = None
+) -> list[str]:
+    """Delete the ``.<name>.partial-*`` objects beside ``final_uri`` that a killed publish left
+    (a ``kill -9`` between upload and cleanup); returns their URIs.
+
+    A partial carries no owner a remote reader could check, so age decides: objects last
+    modified more than ``older_than_s`` seconds ago (default ``$VSRFLOW_SCRATCH_STALE_S``,
+    6 hours); ``0`` removes every one, which only a holder of the output's lease may ask.
+    """
+    limit = stale_after_s() if older_than_s is None else older_than_s
+    bucket, key = parse_s3_uri(final_uri)
+    directory, _, name = key.rpartition("/")
+    prefix = f"{directory}/.{name}{PARTIAL_MARKER}" if directory else f".{name}{PARTIAL_MARKER}"
+    now = datetime.now(UTC)
+    removed = []
+    for item in list_objects(_uri(bucket, prefix), config):
+        if limit <= 0 or (now - item.last_modified).total_seconds() >= limit:
+            _delete_quietly(item.uri, config)
+            removed.append(item.uri)
+    if removed:
+        log.info(
+            "removed %d temporary object(s) a killed publish left beside %s",
+            len(removed),
+            final_uri,
+        )
+    return removed
 
 
 def _delete_quietly(uri: str, config: S3Config) -> None:
