@@ -5,6 +5,11 @@ and assembly can remux chunks packet by packet with absolute timestamps (no seco
 drift). Colour tags and rotation are written on each chunk; assembly copies the stream
 parameters from the first chunk. With ``alpha=True`` each frame also gets its alpha plane and
 the codec's alpha pixel format (ProRes 4444, FFV1 yuva, VP9 yuva420p).
+
+``carry`` (a :class:`vsrflow.media.carry.CarryPlan`) adds what the source carries besides its
+pixels: the sample aspect ratio, a kept chroma subsampling, HDR static metadata as encoder
+parameters, and per-frame side data (A/53 captions): ``write(..., carrier=frame)`` builds the
+encoded frame from the source frame's carrier, whose properties ``reformat`` copies.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from types import TracebackType
 import av
 import numpy as np
 
+from vsrflow.media.carry import CarryPlan
 from vsrflow.media.codecs import exact_time_options, get_codec
 from vsrflow.media.colour import ColourInfo
 from vsrflow.media.decode import rgb_format_for, rgba_format_for
@@ -76,6 +82,16 @@ def deterministic_options(encoder: str) -> dict[str, str]:
     return {}
 
 
+def _with_properties_of(carrier: av.VideoFrame, frame: av.VideoFrame) -> av.VideoFrame:
+    """``frame``'s pixels in a frame made from ``carrier``: PyAV cannot attach side data, but
+    ``reformat`` copies every frame property (side data included) onto the frame it makes,
+    whose planes are then overwritten (same size and format: same plane layout)."""
+    out = carrier.reformat(width=frame.width, height=frame.height, format=frame.format.name)
+    for dst, src in zip(out.planes, frame.planes, strict=True):
+        dst.update(src)
+    return out
+
+
 class ChunkEncoder:
     """Context manager writing one chunk file; ``write(rgb, pts)`` per frame, in pts order."""
 
@@ -92,13 +108,17 @@ class ChunkEncoder:
         colour: ColourInfo,
         display_matrix: DisplayMatrix | None = None,
         alpha: bool = False,
+        carry: CarryPlan | None = None,
     ) -> None:
         preset = get_codec(settings.codec)
+        carry = carry or CarryPlan()
         self._path = Path(path)
         self._colour = colour
         self._alpha = alpha
         self._rgb_format = rgba_format_for(bit_depth) if alpha else rgb_format_for(bit_depth)
-        self._pix_fmt = preset.pix_fmt_for(bit_depth, alpha=alpha)
+        self._pix_fmt = (carry.pix_fmt if not alpha else None) or preset.pix_fmt_for(
+            bit_depth, alpha=alpha
+        )
         self._container = av.open(
             str(self._path),
             mode="w",
@@ -108,7 +128,9 @@ class ChunkEncoder:
         stream = self._container.add_stream(
             preset.encoder,
             rate=average_rate or Fraction(25),
-            options={**settings.options(alpha=alpha), **deterministic_options(preset.encoder)},
+            options=carry.merged_options(
+                {**settings.options(alpha=alpha), **deterministic_options(preset.encoder)}
+            ),
         )
         stream.width = width
         stream.height = height
@@ -120,13 +142,22 @@ class ChunkEncoder:
         cc.color_primaries = colour.primaries
         cc.color_trc = colour.transfer
         cc.colorspace = colour.matrix
+        if carry.sample_aspect_ratio is not None:
+            cc.sample_aspect_ratio = carry.sample_aspect_ratio
         if display_matrix is not None:
             stream.set_display_matrix(list(display_matrix))
         self._stream = stream
         self.frames_written = 0
 
-    def write(self, rgb: np.ndarray, pts: int, alpha: np.ndarray | None = None) -> None:
-        """Encode one frame; ``alpha`` (H, W, same dtype) is required for an alpha chunk."""
+    def write(
+        self,
+        rgb: np.ndarray,
+        pts: int,
+        alpha: np.ndarray | None = None,
+        carrier: av.VideoFrame | None = None,
+    ) -> None:
+        """Encode one frame; ``alpha`` (H, W, same dtype) is required for an alpha chunk;
+        ``carrier``: a frame whose side data (A/53 captions...) the encoded frame gets."""
         if self._alpha:
             if alpha is None:
                 raise ValueError("this chunk stores alpha: every frame needs its alpha plane")
@@ -137,6 +168,8 @@ class ChunkEncoder:
             dst_colorspace=self._colour.sws_matrix,
             dst_color_range=self._colour.sws_range,
         )
+        if carrier is not None:
+            frame = _with_properties_of(carrier, frame)
         frame.pts = pts
         frame.time_base = self._stream.codec_context.time_base
         frame.color_range = self._colour.range

@@ -35,6 +35,15 @@ from vsrflow.media.alpha import (
     pix_fmt_has_alpha,
     side_channel_decoder,
 )
+from vsrflow.media.carry import (
+    CarryPlan,
+    HdrInfo,
+    chroma_of,
+    display_aspect,
+    hdr_transfer,
+    read_frame_side_data,
+    timecode_of,
+)
 from vsrflow.media.colour import ColourInfo, colour_of
 from vsrflow.media.decode import count_decodable, read_display_matrix
 from vsrflow.media.rotation import DisplayMatrix, rotation_of
@@ -92,6 +101,22 @@ class VideoInfo:
     alpha_decoder: str | None = None
     #: This FFmpeg can decode the alpha plane (False: a side channel without libvpx).
     alpha_readable: bool = True
+    #: PQ or HLG transfer with its static metadata (None: not an HDR source).
+    hdr: HdrInfo | None = None
+    #: A/53 closed captions ride on the video frames (found in the first frames).
+    captions: bool = False
+    #: Start timecode ("01:00:00:00"; ";" before frames: drop-frame), None when absent.
+    timecode: str | None = None
+
+    @property
+    def chroma(self) -> str:
+        """Chroma subsampling of the coded pixels ("4:2:0", "4:2:2", "4:4:4"...)."""
+        return chroma_of(self.pix_fmt)
+
+    @property
+    def display_aspect_ratio(self) -> Fraction:
+        """What players show: width/height times the sample aspect ratio."""
+        return display_aspect(self.width, self.height, self.sample_aspect_ratio)
 
     @property
     def rotation(self) -> int:
@@ -152,6 +177,9 @@ class VideoParams:
     alpha_upscale: str = "model"
     #: Decoder returning the alpha plane when the default one does not (libvpx-vp9).
     alpha_decoder: str | None = None
+    #: What the encoder writes besides the pixels (SAR, HDR metadata, chroma, captions),
+    #: decided at planning (:func:`vsrflow.media.carry.plan_carry`).
+    carry: CarryPlan = field(default_factory=CarryPlan)
 
     @property
     def decodes_alpha(self) -> bool:
@@ -194,6 +222,12 @@ class MediaInfo:
                 "rotation": v.rotation,
                 "colour": v.colour.names(),
                 "alpha": v.alpha,
+                "sample_aspect_ratio": _ratio(v.sample_aspect_ratio),
+                "display_aspect_ratio": _ratio(v.display_aspect_ratio),
+                "chroma": v.chroma,
+                "hdr": v.hdr.names() if v.hdr else None,
+                "captions": "A/53" if v.captions else None,
+                "timecode": v.timecode,
             },
             "streams": [
                 {
@@ -208,6 +242,10 @@ class MediaInfo:
             ],
             "chapters": [{"start": c.start, "end": c.end, "title": c.title} for c in self.chapters],
         }
+
+
+def _ratio(value: Fraction | None) -> str | None:
+    return f"{value.numerator}:{value.denominator}" if value else None
 
 
 def bit_depth_of(pix_fmt: str) -> int:
@@ -352,6 +390,15 @@ def probe(
         pix_fmt = cc.pix_fmt or "yuv420p"
         display_matrix = read_display_matrix(source, vstream.index)
         alpha_decoder = side_channel_decoder(cc.name) if side_alpha else None
+        colour = colour_of(cc, height)
+        side = read_frame_side_data(source, vstream.index)
+        transfer = hdr_transfer(colour.transfer)
+        hdr = HdrInfo(transfer, side.mastering, side.light) if transfer else None
+        timecode = timecode_of(
+            vstream.metadata,
+            container.metadata,
+            [s.metadata for s in container.streams if s.type == "data"],
+        )
         video = VideoInfo(
             index=vstream.index,
             codec=cc.name,
@@ -363,7 +410,7 @@ def probe(
             average_rate=Fraction(vstream.average_rate) if vstream.average_rate else None,
             pts=tuple(pts),
             keyframe_pts=tuple(keyframes or pts[:1]),
-            colour=colour_of(cc, height),
+            colour=colour,
             display_matrix=display_matrix,
             sample_aspect_ratio=Fraction(cc.sample_aspect_ratio)
             if cc.sample_aspect_ratio
@@ -371,6 +418,9 @@ def probe(
             alpha=side_alpha or pix_fmt_has_alpha(pix_fmt),
             alpha_decoder=alpha_decoder,
             alpha_readable=not side_alpha or alpha_decoder is not None,
+            hdr=hdr,
+            captions=side.caption_frames > 0,
+            timecode=timecode,
         )
         streams = tuple(
             StreamInfo(
