@@ -33,6 +33,18 @@ class DecodedFrame:
     pts: int
     rgb: np.ndarray
     alpha: np.ndarray | None = None
+    #: A tiny copy of the decoded frame holding its properties and side data (A/53
+    #: captions), when asked for: the encoder builds the output frame from it.
+    carrier: av.VideoFrame | None = None
+
+
+#: Size of a carrier frame: only its properties matter, its pixels are overwritten.
+CARRIER_SIZE = 16
+
+
+def side_data_carrier(frame: av.VideoFrame) -> av.VideoFrame:
+    """A 16x16 copy of ``frame`` with its properties and side data (``reformat`` copies them)."""
+    return frame.reformat(width=CARRIER_SIZE, height=CARRIER_SIZE, format="yuv420p")
 
 
 def rgb_format_for(bit_depth: int) -> str:
@@ -131,13 +143,15 @@ def decode_range(
     bit_depth: int,
     alpha: bool = False,
     decoder: str | None = None,
+    side_data: bool = False,
 ) -> Iterator[DecodedFrame]:
     """Yield the frames with ``start_pts <= pts < end_pts`` (``end_pts=None``: to the end).
 
     ``colour`` must be the resolved source colour (see ``ColourInfo.resolved``) so YUV->RGB
     uses the same matrix and range that encoding will use to go back. ``alpha``: also return
     each frame's alpha plane (full range, as FFmpeg stores alpha), decoded with ``decoder``
-    when the default decoder does not return it.
+    when the default decoder does not return it. ``side_data``: each frame also brings a
+    :func:`side_data_carrier` (for sources with captions).
     """
     rgb_format = rgba_format_for(bit_depth) if alpha else rgb_format_for(bit_depth)
     peak = 255 if bit_depth <= 8 else 65535
@@ -149,12 +163,16 @@ def decode_range(
             src_colorspace=colour.sws_matrix,
             src_color_range=colour.sws_range,
         )
+        carrier = side_data_carrier(frame) if side_data else None
         if not alpha:
-            yield DecodedFrame(pts=int(frame.pts), rgb=pixels)
+            yield DecodedFrame(pts=int(frame.pts), rgb=pixels, carrier=carrier)
             continue
         plane = np.ascontiguousarray(pixels[..., 3])
         if not any(c.is_alpha for c in frame.format.components):
             plane = np.full_like(plane, peak)  # a frame without alpha data is opaque
         yield DecodedFrame(
-            pts=int(frame.pts), rgb=np.ascontiguousarray(pixels[..., :3]), alpha=plane
+            pts=int(frame.pts),
+            rgb=np.ascontiguousarray(pixels[..., :3]),
+            alpha=plane,
+            carrier=carrier,
         )
