@@ -133,6 +133,28 @@ def read_display_matrix(path: str | Path, stream_index: int) -> DisplayMatrix | 
     return None
 
 
+def native_frames(
+    path: str | Path, stream_index: int, start_pts: int, end_pts: int | None
+) -> Iterator[av.VideoFrame]:
+    """The decoded frames with ``start_pts <= pts < end_pts`` (``None``: to the end) as FFmpeg
+    returns them (native pixel format and field flags), for filters that need the fields:
+    field detection (``vsrflow.media.interlace``) and deinterlacing before the model."""
+    for _container, frame in _frames_from(path, stream_index, start_pts):
+        if end_pts is not None and frame.pts >= end_pts:
+            return
+        yield frame
+
+
+def frame_to_rgb(frame: av.VideoFrame, colour: ColourInfo, bit_depth: int) -> np.ndarray:
+    """RGB pixels of a decoded (or filtered) frame with the source's resolved matrix and range,
+    so the way back to YUV at encoding uses the same ones."""
+    return frame.to_ndarray(
+        format=rgb_format_for(bit_depth),
+        src_colorspace=colour.sws_matrix,
+        src_color_range=colour.sws_range,
+    )
+
+
 def decode_range(
     path: str | Path,
     stream_index: int,

@@ -1,0 +1,272 @@
+"""Is a source really interlaced, and is it telecined? Decided from the pixels, not the flags.
+
+Container and codec flags lie in both directions: progressive DVD material is often coded as
+interlaced (every frame flagged, nothing combed), and captures of interlaced tape are often
+stored with no field information at all. So the probe decodes a sample of frames, spread over
+the source in a few windows of consecutive frames (the detectors compare neighbouring frames),
+and runs FFmpeg's ``idet`` filter on them through PyAV's filter graph:
+
+- ``idet``'s multi-frame verdict per frame (tff, bff, progressive, undetermined) says whether
+  the two fields of a frame come from different moments (combing on motion) and in which order;
+  frames without motion say nothing and count as undetermined;
+- its repeated-field verdict (top, bottom, neither) finds 3:2 pulldown: hard-telecined 23.976
+  film at 29.97 repeats one field in two of every five frames, at a fixed cadence.
+
+Verdict: "telecined" when repeated fields make up at least :data:`TELECINE_MIN_SHARE` of the
+frames with motion and fall on at most two phases of a 5-frame cycle (:data:`CADENCE_MIN`);
+else "interlaced" when at least :data:`INTERLACED_MIN_SHARE` of the frames with motion are
+combed according to idet and at least half of those show comb teeth in their own pixels
+(:func:`combed`, a second opinion: idet alone misreads fine progressive patterns on small
+frames) (field order: whichever of tff/bff idet saw more); else "progressive" (including a
+source with too little motion to tell: nothing visible to repair). The evidence counts travel
+with the verdict to the manifest, the summary and ``vsrflow probe``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import av
+import av.error
+import av.filter
+import numpy as np
+
+from vsrflow.media.decode import native_frames
+
+Verdict = Literal["progressive", "interlaced", "telecined"]
+FieldOrder = Literal["tff", "bff", ""]
+
+#: Consecutive frames per sample window, and windows per source (spread evenly). 4 x 40
+#: frames: 32 pulldown cycles, about 1 s of decoding for SD on one core.
+WINDOW_FRAMES = 40
+MAX_WINDOWS = 4
+#: Frames with motion needed before any verdict but "progressive" is given.
+MIN_EVIDENCE = 4
+#: Share of frames with motion that must be combed to call a source interlaced. Progressive
+#: material scores ~0 (measured: 0 of 23 on a flagged-interlaced progressive clip), woven
+#: fields ~1 on motion; 0.3 leaves room for still scenes inside an interlaced programme.
+INTERLACED_MIN_SHARE = 0.3
+#: Hard telecine repeats 2 fields per 5 frames (0.4); interlaced video repeats none.
+TELECINE_MIN_SHARE = 0.2
+#: Share of the repeated fields that must fall on the two busiest phases of a 5-frame cycle.
+CADENCE_MIN = 0.8
+#: The pixel check (:func:`combed`): luma step (8-bit) that counts as a comb tooth, share
+#: of such pixels a combed frame has at least, and how many times its fields' own share.
+COMB_STEP = 12
+COMB_MIN_SHARE = 0.002
+COMB_FIELD_RATIO = 2.0
+#: Share of idet's combed frames the pixel check must confirm for "interlaced".
+CONFIRMED_MIN_SHARE = 0.5
+
+#: ``AVFieldOrder`` as PyAV reports it on the codec context.
+_FIELD_ORDER_NAMES = {0: "unknown", 1: "progressive", 2: "tff", 3: "bff", 4: "tb", 5: "bt"}
+
+
+@dataclass(frozen=True)
+class FieldAnalysis:
+    """What the pixels say about fields, with the evidence (frame counts) behind it."""
+
+    verdict: Verdict
+    #: Field order seen in the pixels ("" when progressive).
+    field_order: FieldOrder
+    #: Frames analysed, and in how many windows.
+    frames: int
+    windows: int
+    #: idet's multi-frame classification of the analysed frames.
+    tff: int
+    bff: int
+    progressive: int
+    undetermined: int
+    #: Frames whose top/bottom field repeats the previous frame's (3:2 pulldown).
+    repeated_top: int
+    repeated_bottom: int
+    #: Share of repeated fields on the two busiest phases of a 5-frame cycle (0 when none).
+    cadence: float
+    #: Of idet's tff/bff frames, how many the pixel check (:func:`combed`) confirms.
+    combed: int
+    #: What the stream declares (codec field order) and how many analysed frames are flagged
+    #: interlaced: reported, never trusted.
+    flagged_order: str
+    flagged_frames: int
+
+    @property
+    def moving(self) -> int:
+        """Frames idet could classify (they had motion)."""
+        return self.tff + self.bff + self.progressive
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able, for ``vsrflow probe``, the manifest and logs."""
+        return {**asdict(self), "cadence": round(self.cadence, 3)}
+
+    def describe(self) -> str:
+        """One line of evidence: what was seen and what the flags claimed."""
+        verdict = self.verdict + (f" {self.field_order}" if self.field_order else "")
+        seen = (
+            f"{self.frames} frames in {self.windows} windows: {self.tff} tff, {self.bff} bff, "
+            f"{self.progressive} progressive, {self.undetermined} undetermined, "
+            f"{self.combed} with combed pixels; repeated "
+            f"fields {self.repeated_top} top, {self.repeated_bottom} bottom"
+        )
+        flags = f"stream flags {self.flagged_order}, {self.flagged_frames} frames flagged"
+        return f"{verdict} ({seen}; {flags} interlaced)"
+
+
+def sample_windows(frame_count: int) -> list[tuple[int, int]]:
+    """``[start, end)`` frame-index windows spread over the source (all of it when short)."""
+    if frame_count <= WINDOW_FRAMES * MAX_WINDOWS:
+        return [(0, frame_count)] if frame_count else []
+    last = frame_count - WINDOW_FRAMES
+    starts = sorted({round(k * last / (MAX_WINDOWS - 1)) for k in range(MAX_WINDOWS)})
+    return [(s, s + WINDOW_FRAMES) for s in starts]
+
+
+def combed(frame: av.VideoFrame) -> bool:
+    """A second opinion on one frame, from its own luma: is it combed as woven fields are?
+
+    A pixel looks combed when it differs, in the same direction and by more than
+    :data:`COMB_STEP`, from both rows around it (the other field) while those two rows (one
+    field) agree with each other. Woven motion makes such pixels along every moving edge;
+    a progressive picture makes them only on one-row details, which then show in its fields
+    too. So the frame is combed when its share of such pixels exceeds :data:`COMB_MIN_SHARE`
+    and :data:`COMB_FIELD_RATIO` times the share inside its two fields. ``idet`` alone
+    called a small progressive clip with a 2x2 checkerboard "bff" (measured); this check
+    does not."""
+    luma = frame.reformat(format="gray").to_ndarray().astype(np.int16)
+    share = _comb_share(luma)
+    in_fields = max(_comb_share(luma[0::2]), _comb_share(luma[1::2]))
+    return share > COMB_MIN_SHARE and share > COMB_FIELD_RATIO * in_fields
+
+
+def _comb_share(luma: np.ndarray) -> float:
+    if luma.shape[0] < 3:
+        return 0.0
+    up = luma[1:-1] - luma[:-2]
+    down = luma[1:-1] - luma[2:]
+    across = np.abs(luma[:-2] - luma[2:])
+    step = np.minimum(np.abs(up), np.abs(down))
+    hits = (up * down > 0) & (step > COMB_STEP) & (across < step)
+    return float(hits.mean())
+
+
+def _idet_labels(frames: Iterator[av.VideoFrame]) -> list[tuple[str, str, bool, bool]]:
+    """Per frame: (multi-frame class, repeated field, flagged interlaced, combed pixels),
+    via ``idet`` and :func:`combed`."""
+    graph: av.filter.Graph | None = None
+    flagged: list[bool] = []
+    combing: list[bool] = []
+    labels: list[tuple[str, str]] = []
+
+    def drain() -> None:
+        assert graph is not None
+        while True:
+            try:
+                out = graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+            meta = out.metadata
+            labels.append(
+                (
+                    meta.get("lavfi.idet.multiple.current_frame", "undetermined"),
+                    meta.get("lavfi.idet.repeated.current_frame", "neither"),
+                )
+            )
+
+    for frame in frames:
+        if graph is None:
+            graph = av.filter.Graph()
+            source = graph.add_buffer(
+                width=frame.width,
+                height=frame.height,
+                format=frame.format.name,
+                time_base=frame.time_base,
+            )
+            idet = graph.add("idet")
+            sink = graph.add("buffersink")
+            source.link_to(idet)
+            idet.link_to(sink)
+            graph.configure()
+        flagged.append(bool(frame.interlaced_frame))
+        combing.append(combed(frame))
+        graph.push(frame)
+        drain()
+    if graph is None:
+        return []
+    graph.push(None)
+    drain()
+    return [(m, r, f, c) for (m, r), f, c in zip(labels, flagged, combing, strict=False)]
+
+
+def _cadence(repeat_indices: Sequence[Sequence[int]]) -> float:
+    """Share of repeated fields on each window's two busiest phases mod 5 (pulldown: all)."""
+    total = sum(len(w) for w in repeat_indices)
+    if not total:
+        return 0.0
+    on_cadence = 0
+    for indices in repeat_indices:
+        phases = Counter(i % 5 for i in indices)
+        on_cadence += sum(n for _, n in phases.most_common(2))
+    return on_cadence / total
+
+
+def analyse_fields(
+    source: str, stream_index: int, pts: Sequence[int], flagged_order: int | None
+) -> FieldAnalysis:
+    """Run ``idet`` over sample windows of the source and decide (see the module docstring).
+
+    ``pts``: every frame's pts in presentation order (windows are cut by frame index and
+    decoded by pts); ``flagged_order``: the codec context's field order, only reported."""
+    windows = sample_windows(len(pts))
+    multi: Counter[str] = Counter()
+    repeated: Counter[str] = Counter()
+    repeat_indices: list[list[int]] = []
+    flagged = analysed = confirmed = 0
+    for start, end in windows:
+        end_pts = pts[end] if end < len(pts) else None
+        labels = _idet_labels(native_frames(source, stream_index, pts[start], end_pts))
+        analysed += len(labels)
+        repeat_indices.append([i for i, (_, r, _, _) in enumerate(labels) if r != "neither"])
+        for kind, repeat, is_flagged, is_combed in labels:
+            multi[kind] += 1
+            repeated[repeat] += 1
+            flagged += is_flagged
+            if kind in ("tff", "bff"):
+                confirmed += is_combed
+    tff, bff, prog = multi["tff"], multi["bff"], multi["progressive"]
+    moving = tff + bff + prog
+    repeats = repeated["top"] + repeated["bottom"]
+    cadence = _cadence(repeat_indices)
+    verdict: Verdict = "progressive"
+    order: FieldOrder = ""
+    if moving >= MIN_EVIDENCE:
+        if (
+            repeated["top"]
+            and repeated["bottom"]
+            and repeats >= TELECINE_MIN_SHARE * moving
+            and cadence >= CADENCE_MIN
+        ):
+            verdict = "telecined"
+        elif tff + bff >= max(
+            MIN_EVIDENCE, INTERLACED_MIN_SHARE * moving
+        ) and confirmed >= CONFIRMED_MIN_SHARE * (tff + bff):
+            verdict = "interlaced"
+        if verdict != "progressive":
+            order = "tff" if tff >= bff else "bff"
+    return FieldAnalysis(
+        verdict=verdict,
+        field_order=order,
+        frames=analysed,
+        windows=len(windows),
+        tff=tff,
+        bff=bff,
+        progressive=prog,
+        undetermined=multi["undetermined"],
+        repeated_top=repeated["top"],
+        repeated_bottom=repeated["bottom"],
+        cadence=cadence,
+        combed=confirmed,
+        flagged_order=_FIELD_ORDER_NAMES.get(flagged_order or 0, "unknown"),
+        flagged_frames=flagged,
+    )
