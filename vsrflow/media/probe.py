@@ -11,6 +11,7 @@ is spent on it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -47,6 +48,8 @@ from vsrflow.media.carry import (
 from vsrflow.media.colour import ColourInfo, colour_of
 from vsrflow.media.decode import count_decodable, read_display_matrix
 from vsrflow.media.rotation import DisplayMatrix, rotation_of
+from vsrflow.media.deinterlace import Deinterlace
+from vsrflow.media.interlace import FieldAnalysis, analyse_fields
 from vsrflow.media.structure import check_complete, file_reader, http_reader
 
 #: Default ceiling on source frame size (width * height): 8K. Protects workers from absurd or
@@ -108,6 +111,9 @@ class VideoInfo:
     #: Start timecode ("01:00:00:00"; ";" before frames: drop-frame), None when absent.
     timecode: str | None = None
 
+    #: Interlaced, telecined or progressive, as the pixels show it (``idet`` on a sample of
+    #: frames; the flags are only reported): :mod:`vsrflow.media.interlace`.
+    fields: FieldAnalysis | None = None
     @property
     def chroma(self) -> str:
         """Chroma subsampling of the coded pixels ("4:2:0", "4:2:2", "4:4:4"...)."""
@@ -181,11 +187,24 @@ class VideoParams:
     #: decided at planning (:func:`vsrflow.media.carry.plan_carry`).
     carry: CarryPlan = field(default_factory=CarryPlan)
 
+    #: Deinterlacing or inverse telecine before the model, decided at planning
+    #: (:func:`vsrflow.media.deinterlace.choose`); None: frames go in as decoded.
+    deinterlace: Deinterlace | None = None
     @property
     def decodes_alpha(self) -> bool:
         """The batch needs the alpha plane (kept or flattened)."""
         return self.alpha in ("keep", "flatten")
 
+
+    @property
+    def output_time_base(self) -> Fraction:
+        """Time base of the chunks: the source's, or finer for deinterlaced outputs."""
+        return self.deinterlace.time_base if self.deinterlace else self.time_base
+
+    @property
+    def output_rate(self) -> Fraction | None:
+        """Nominal output frame rate (doubled at field rate, 4/5 after inverse telecine)."""
+        return self.deinterlace.frame_rate if self.deinterlace else self.average_rate
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -229,6 +248,7 @@ class MediaInfo:
                 "captions": "A/53" if v.captions else None,
                 "timecode": v.timecode,
             },
+                "interlace": v.fields.summary() if v.fields else None,
             "streams": [
                 {
                     "index": s.index,
@@ -393,6 +413,7 @@ def probe(
         colour = colour_of(cc, height)
         side = read_frame_side_data(source, vstream.index)
         transfer = hdr_transfer(colour.transfer)
+        flagged_order = getattr(cc, "field_order", None)  # reported only: flags lie
         hdr = HdrInfo(transfer, side.mastering, side.light) if transfer else None
         timecode = timecode_of(
             vstream.metadata,
@@ -457,7 +478,15 @@ def probe(
             metadata=dict(container.metadata),
         )
     _check_tail_decodes(info, source)
-    return info
+    return _with_fields(info, source, flagged_order)
+
+
+def _with_fields(info: MediaInfo, source: str, flagged_order: int | None) -> MediaInfo:
+    """``info`` with the pixel analysis of its fields (after the tail check: only a source
+    that decodes is analysed)."""
+    video = info.video
+    fields = analyse_fields(source, video.index, video.pts, flagged_order)
+    return dataclasses.replace(info, video=dataclasses.replace(video, fields=fields))
 
 
 def _check_tail_decodes(info: MediaInfo, source: str) -> None:
