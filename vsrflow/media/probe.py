@@ -47,9 +47,9 @@ from vsrflow.media.carry import (
 )
 from vsrflow.media.colour import ColourInfo, colour_of
 from vsrflow.media.decode import count_decodable, read_display_matrix
-from vsrflow.media.rotation import DisplayMatrix, rotation_of
 from vsrflow.media.deinterlace import Deinterlace
 from vsrflow.media.interlace import FieldAnalysis, analyse_fields
+from vsrflow.media.rotation import DisplayMatrix, rotation_of
 from vsrflow.media.structure import check_complete, file_reader, http_reader
 
 #: Default ceiling on source frame size (width * height): 8K. Protects workers from absurd or
@@ -110,10 +110,10 @@ class VideoInfo:
     captions: bool = False
     #: Start timecode ("01:00:00:00"; ";" before frames: drop-frame), None when absent.
     timecode: str | None = None
-
     #: Interlaced, telecined or progressive, as the pixels show it (``idet`` on a sample of
     #: frames; the flags are only reported): :mod:`vsrflow.media.interlace`.
     fields: FieldAnalysis | None = None
+
     @property
     def chroma(self) -> str:
         """Chroma subsampling of the coded pixels ("4:2:0", "4:2:2", "4:4:4"...)."""
@@ -186,15 +186,14 @@ class VideoParams:
     #: What the encoder writes besides the pixels (SAR, HDR metadata, chroma, captions),
     #: decided at planning (:func:`vsrflow.media.carry.plan_carry`).
     carry: CarryPlan = field(default_factory=CarryPlan)
-
     #: Deinterlacing or inverse telecine before the model, decided at planning
     #: (:func:`vsrflow.media.deinterlace.choose`); None: frames go in as decoded.
     deinterlace: Deinterlace | None = None
+
     @property
     def decodes_alpha(self) -> bool:
         """The batch needs the alpha plane (kept or flattened)."""
         return self.alpha in ("keep", "flatten")
-
 
     @property
     def output_time_base(self) -> Fraction:
@@ -205,6 +204,7 @@ class VideoParams:
     def output_rate(self) -> Fraction | None:
         """Nominal output frame rate (doubled at field rate, 4/5 after inverse telecine)."""
         return self.deinterlace.frame_rate if self.deinterlace else self.average_rate
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -247,8 +247,8 @@ class MediaInfo:
                 "hdr": v.hdr.names() if v.hdr else None,
                 "captions": "A/53" if v.captions else None,
                 "timecode": v.timecode,
-            },
                 "interlace": v.fields.summary() if v.fields else None,
+            },
             "streams": [
                 {
                     "index": s.index,
@@ -408,12 +408,12 @@ def probe(
         pts.sort()
         keyframes.sort()
         pix_fmt = cc.pix_fmt or "yuv420p"
+        flagged_order = getattr(cc, "field_order", None)  # reported only: flags lie
         display_matrix = read_display_matrix(source, vstream.index)
         alpha_decoder = side_channel_decoder(cc.name) if side_alpha else None
         colour = colour_of(cc, height)
         side = read_frame_side_data(source, vstream.index)
         transfer = hdr_transfer(colour.transfer)
-        flagged_order = getattr(cc, "field_order", None)  # reported only: flags lie
         hdr = HdrInfo(transfer, side.mastering, side.light) if transfer else None
         timecode = timecode_of(
             vstream.metadata,
