@@ -149,10 +149,11 @@ def choose(
         if not method:
             return Decision(None, f"progressive, nothing to do; detected {seen}")
     elif verdict == "progressive":
+        cost = {"ivtc": ", one frame in five dropped", "field": ", twice the frames"}
         warnings.append(
             f"--deinterlace {mode} forced on a source detected progressive ({seen}): done as "
-            "asked, but whole frames are being treated as fields (softer, and "
-            f"{'twice the frames' if rate == 'field' and mode != 'ivtc' else 'frames dropped'})"
+            "asked, but whole frames are treated as fields (softer"
+            f"{cost.get(mode if mode == 'ivtc' else rate, '')})"
         )
     elif mode == "ivtc" and verdict != "telecined":
         warnings.append(
