@@ -23,6 +23,18 @@ DEFAULT_BATCH_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
+class Context:
+    """Frames a worker decodes around its batch for the neighbours a filter reads
+    (deinterlacing: ``vsrflow.media.deinterlace``)."""
+
+    #: pts of the first frame decoded, and how many frames before the batch that makes.
+    start_pts: int
+    before: int
+    #: pts of the first frame NOT decoded after the batch (None: to the end of the source).
+    end_pts: int | None
+
+
+@dataclass(frozen=True)
 class Batch:
     """One frame range ``[start, end)`` of the source, with its pts bounds and cache key."""
 
@@ -33,10 +45,20 @@ class Batch:
     #: pts of the first frame AFTER the batch; None for the last batch.
     end_pts: int | None
     key: str
+    #: Deinterlacing only (``vsrflow.media.deinterlace``): the frames decoded around the
+    #: batch for the filters' neighbours, and the pts of every output frame the batch makes
+    #: (in the output time base). Empty: one output per source frame at its own pts.
+    context: Context | None = None
+    out_pts: tuple[int, ...] = ()
 
     @property
     def frame_count(self) -> int:
         return self.end - self.start
+
+    @property
+    def output_frames(self) -> int:
+        """Frames the batch's chunk holds (twice the source frames at field rate...)."""
+        return len(self.out_pts) if self.context is not None else self.frame_count
 
 
 def batch_frames(
