@@ -6,6 +6,11 @@ micro-batch k the decoder prepares k+1 and the encoder compresses k-1; memory st
 long the batch is. The chunk is written under a temporary name and renamed into place only after
 its frame count is checked, so a chunk that exists is always complete.
 
+An interlaced or telecined source (``video.deinterlace``, decided at planning) is decoded with
+context frames around the batch and filtered (bwdif... or inverse telecine) before the model;
+only the batch's own outputs go on, with the output pts the plan gave them
+(:mod:`vsrflow.media.deinterlace`), and the chunk uses the output time base and rate.
+
 A source with alpha (``video.alpha``, decided at planning): "keep" decodes the alpha plane with
 each frame, upscales it separately (model or bicubic, as for images) and encodes it with the
 colour; "flatten" composites colour over black before the model; "drop" ignores it.
@@ -28,7 +33,8 @@ import numpy as np
 from vsrflow.alpha import flatten_over_black, upscale_alpha
 from vsrflow.engine import Upscaler
 from vsrflow.errors import CorruptMediaError
-from vsrflow.media.decode import decode_range
+from vsrflow.media.decode import DecodedFrame, decode_range
+from vsrflow.media.deinterlace import filtered_frames
 from vsrflow.media.encode import ChunkEncoder, EncoderSettings
 from vsrflow.media.probe import VideoParams
 from vsrflow.plan import Batch
@@ -103,6 +109,21 @@ def _drain(q: queue.Queue[Any], stop: threading.Event) -> Iterator[Any]:
         yield item
 
 
+def _deinterlaced(video: VideoParams, batch: Batch) -> Iterator[DecodedFrame]:
+    """The batch's frames deinterlaced (or inverse-telecined) with their planned output pts:
+    the context frames around it are decoded and filtered too, and their outputs dropped."""
+    assert video.deinterlace is not None and batch.context is not None
+    return filtered_frames(
+        video.deinterlace,
+        video.path,
+        video.index,
+        batch.context,
+        batch.out_pts,
+        colour=video.colour,
+        bit_depth=video.bit_depth,
+    )
+
+
 def upscale_batch(
     video: VideoParams,
     batch: Batch,
@@ -137,16 +158,21 @@ def upscale_batch(
         frames: list[np.ndarray] = []
         alphas: list[np.ndarray] = []
         stamps: list[int] = []
-        for frame in decode_range(
-            video.path,
-            video.index,
-            batch.start_pts,
-            batch.end_pts,
-            colour=colour,
-            bit_depth=video.bit_depth,
-            alpha=video.decodes_alpha,
-            decoder=video.alpha_decoder if video.decodes_alpha else None,
-        ):
+        source = (
+            _deinterlaced(video, batch)
+            if video.deinterlace is not None
+            else decode_range(
+                video.path,
+                video.index,
+                batch.start_pts,
+                batch.end_pts,
+                colour=colour,
+                bit_depth=video.bit_depth,
+                alpha=video.decodes_alpha,
+                decoder=video.alpha_decoder if video.decodes_alpha else None,
+            )
+        )
+        for frame in source:
             frames.append(frame.rgb)
             if frame.alpha is not None:
                 alphas.append(frame.alpha)
@@ -165,8 +191,8 @@ def upscale_batch(
         width=out_w,
         height=out_h,
         bit_depth=video.bit_depth,
-        time_base=video.time_base,
-        average_rate=video.average_rate,
+        time_base=video.output_time_base,
+        average_rate=video.output_rate,
         colour=colour,
         display_matrix=video.display_matrix,
         alpha=keep_alpha,
@@ -210,10 +236,10 @@ def upscale_batch(
             if worker.error is not None:
                 raise worker.error
         written = chunk.frames_written
-    if written != batch.frame_count:
+    if written != batch.output_frames:
         tmp.unlink(missing_ok=True)
         raise CorruptMediaError(
-            f"batch {batch.index}: decoded {written} frames, expected {batch.frame_count} "
+            f"batch {batch.index}: decoded {written} frames, expected {batch.output_frames} "
             f"(pts {batch.start_pts}..{batch.end_pts}); the source does not decode cleanly"
         )
     os.replace(tmp, chunk_path)
