@@ -48,6 +48,10 @@ class RunSummary:
     workers: tuple[str, ...] = ()
     #: Cached chunks found damaged and recomputed ("batch 3: chunk has ... bytes ...").
     bad_chunks: tuple[str, ...] = ()
+    #: What the source's fields were found to be and what was done about them, and any
+    #: warning (a deinterlacer forced on a progressive source...): vsrflow.media.deinterlace.
+    interlace: str = ""
+    interlace_warnings: tuple[str, ...] = ()
 
     @property
     def total_seconds(self) -> float:
@@ -227,6 +231,10 @@ def render_summary(
     if summary.bad_chunks:
         lines += ["**Recomputed damaged cached chunks:**", ""]
         lines += [f"- {problem}" for problem in summary.bad_chunks] + [""]
+    if summary.interlace:
+        lines += [f"**Fields:** {summary.interlace}", ""]
+    lines += [f"**Warning:** {warning}" for warning in summary.interlace_warnings]
+    lines += [""] if summary.interlace_warnings else []
     if summary.workers:
         shown = ", ".join(_code(w) for w in summary.workers[:20])
         more = f" and {len(summary.workers) - 20} more" if len(summary.workers) > 20 else ""
