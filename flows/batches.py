@@ -1,0 +1,147 @@
+"""The batch stage of upscale-video: a bounded window of batch tasks over the profile's cluster.
+
+The subflow keeps at most :data:`vsrflow.window.WINDOW_PER_SLOT` batches in flight per worker
+slot (re-read from the Dask scheduler each time a batch finishes, so adaptive scaling still
+fills up), takes each batch's result as it finishes, keeps a :class:`BatchRecord` of it and
+drops the future; the flow process therefore holds a window of futures, not one per batch.
+Cache keys, result storage and the chunk check are those of ``tasks.upscale``: a rerun
+recomputes exactly the batches that have no chunk and cache record.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+from typing import Any
+from uuid import UUID
+
+import dask
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
+
+from tasks.artifacts import report_progress
+from tasks.storage import result_storage_for
+from tasks.upscale import check_cached_chunk, upscale_batch
+from vsrflow.chunks import ChunkProblem
+from vsrflow.job import JobPlan, UpscaleJob
+from vsrflow.pipeline import BatchResult
+from vsrflow.plan import Batch
+from vsrflow.report import BatchCounts
+from vsrflow.results import BatchOutcome, BatchRecord
+from vsrflow.window import WindowLog, window_size, worker_slots
+
+#: How often the flow resubmits a batch whose worker died (scancel, node failure, OOM kill).
+#: Task retries cover exceptions inside a task; a lost worker never reports back, so the
+#: flow notices through the Dask future and submits the batch again.
+WORKER_LOSS_RESUBMITS = 3
+_WORKER_LOSS = ("KilledWorker", "CancelledError", "FutureCancelledError", "CommClosedError")
+
+
+def _is_worker_loss(exc: BaseException) -> bool:
+    return type(exc).__name__ in _WORKER_LOSS
+
+
+def _cluster_slots(batch_resources: dict[str, float]) -> int | None:
+    """Batch slots of the Dask cluster behind this flow run's task runner (None: unknown)."""
+    context = FlowRunContext.get()
+    client = getattr(getattr(context, "task_runner", None), "client", None)
+    if client is None:
+        return None
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    except Exception:  # the scheduler is busy or going away: keep the last known count
+        return None
+    return worker_slots(workers, batch_resources)
+
+
+@flow(name="upscale-batches", log_prints=True)
+def upscale_batches(
+    plan: JobPlan,
+    job: UpscaleJob,
+    work_dir: str,
+    credentials_block: str | None = None,
+    batch_resources: dict[str, float] | None = None,
+    progress_artifact_id: UUID | None = None,
+) -> BatchOutcome:
+    """Run every batch through the profile's task runner, a window at a time; count cached vs
+    computed batches and update the progress artifact ``progress_artifact_id`` (if given) as
+    each one finishes.
+
+    A batch whose chunk planning did not find is recomputed even if a cache record exists
+    (a record without its chunk must not be trusted)."""
+    logger = get_run_logger()
+    resources = dict(batch_resources or {})
+    task = upscale_batch.with_options(
+        result_storage=result_storage_for(work_dir, credentials_block)
+    )
+    finished: queue.SimpleQueue[PrefectFuture[BatchResult]] = queue.SimpleQueue()
+    in_flight: dict[PrefectFuture[BatchResult], Batch] = {}
+    # Batches not submitted yet, in order; a resubmitted batch goes back to the front.
+    waiting: collections.deque[tuple[Batch, bool]] = collections.deque(
+        (b, b.index not in plan.present_chunks) for b in plan.batches
+    )
+    records: dict[int, BatchRecord] = {}
+    resubmits: dict[int, int] = {}
+    bad_chunks: list[ChunkProblem] = []
+    cached = 0
+    log = WindowLog()
+    slots = 0
+
+    def submit(batch: Batch, refresh: bool) -> None:
+        runner = task.with_options(refresh_cache=True) if refresh else task
+        with dask.annotate(resources=resources):
+            future = runner.submit(
+                plan.video, batch, job, plan.out_size, work_dir, credentials_block
+            )
+        in_flight[future] = batch
+        future.add_done_callback(finished.put)
+        log.record(slots, len(in_flight))
+
+    def fill() -> None:
+        nonlocal slots
+        known = _cluster_slots(resources)
+        slots = slots if known is None else known
+        while waiting and len(in_flight) < window_size(slots, log.per_slot):
+            submit(*waiting.popleft())
+
+    fill()
+    while in_flight:
+        future = finished.get()
+        batch = in_flight.pop(future)
+        try:
+            result = future.result()
+            if future.state.name == "Cached":
+                problem = check_cached_chunk(result, credentials_block)
+                if problem is not None:  # never trusted: recomputed, named in the summary
+                    logger.warning("recomputing %s", problem.describe())
+                    bad_chunks.append(problem)
+                    waiting.appendleft((batch, True))
+                    fill()
+                    continue
+                cached += 1
+            records[batch.index] = BatchRecord.of(result)
+        except Exception as exc:
+            lost = resubmits.get(batch.index, 0)
+            if not _is_worker_loss(exc) or lost >= WORKER_LOSS_RESUBMITS:
+                raise
+            resubmits[batch.index] = lost + 1
+            logger.warning(
+                "batch %d lost its worker (%s); resubmitting", batch.index, type(exc).__name__
+            )
+            waiting.appendleft((batch, True))
+        fill()
+        if progress_artifact_id is not None and batch.index in records:
+            counts = BatchCounts(len(records), len(plan.batches), cached, sum(resubmits.values()))
+            report_progress(progress_artifact_id, counts)
+    window: dict[str, Any] = log.as_dict()
+    logger.info("submission window: %s", window)
+    ordered = tuple(records[b.index] for b in plan.batches)
+    return BatchOutcome(
+        ordered,
+        cached,
+        len(ordered) - cached,
+        sum(resubmits.values()),
+        tuple(p.describe() for p in bad_chunks),
+        window,
+    )
