@@ -255,11 +255,12 @@ def _run_job(
         "recomputed_bad_chunks": list(outcome.bad_chunks),
         "workers": list(workers),
         "alpha": plan.alpha_description(),
+        "interlace": {**_fields_of(info), **plan.interlace_description()},
     }
     lease.ensure_held()  # a run whose lease was taken over must not publish over the taker
     t0 = time.perf_counter()
     report = assemble_output(
-        info,
+        plan.output_media(info),  # deinterlaced: the planned output pts, not the source's
         [r.chunk for r in results],
         output_path,
         credentials_block,
@@ -332,9 +333,15 @@ def _run_summary(
             fps,
             video.is_vfr,
         ),
-        # Timestamps are kept frame for frame (verified at assembly): same rate as the source.
+        # Timestamps are kept frame for frame (verified at assembly): same rate as the source,
+        # unless deinterlacing planned others (field rate, inverse telecine).
         output=MediaSide(
-            report.path, report.size_bytes, *plan.out_size, report.frames, fps, video.is_vfr
+            report.path,
+            report.size_bytes,
+            *plan.out_size,
+            report.frames,
+            float(plan.video.output_rate) if plan.video.output_rate else None,
+            video.is_vfr,
         ),
         model=job.model,
         weights_sha256=plan.weights_sha256,
@@ -347,4 +354,12 @@ def _run_summary(
         resubmitted=outcome.resubmitted,
         workers=tuple(sorted({worker_label(r.host, r.slurm_job_id) for r in results})),
         bad_chunks=outcome.bad_chunks,
+        interlace=plan.interlace.description if plan.interlace else "",
+        interlace_warnings=plan.interlace.warnings if plan.interlace else (),
     )
+
+
+def _fields_of(info: MediaInfo) -> dict[str, object]:
+    """The source's field analysis for the manifest (verdict and evidence counts)."""
+    fields = info.video.fields
+    return {"detected": fields.summary()} if fields is not None else {}

@@ -83,7 +83,7 @@ def plan_job(
         seconds_per_batch=settings.batching.seconds,
     )
     if not locations.is_remote(work_dir):
-        write_listing(work_dir, output_path, [b.key for b in plan.batches], plan.frame_count)
+        write_listing(work_dir, output_path, [b.key for b in plan.batches], plan.output_frames)
     present = frozenset(
         b.index for b in plan.batches if locations.exists(chunk_location(work_dir, b))
     )

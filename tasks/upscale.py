@@ -79,7 +79,7 @@ def upscale_batch(
     target = chunk_location(work_dir, batch)
     progress = None
     if not locations.is_remote(work_dir):
-        progress = BatchProgress(work_dir, batch.key, batch.frame_count)
+        progress = BatchProgress(work_dir, batch.key, batch.output_frames)
     with redacting(), locations.scratch_for(target) as staged:
         result = run_batch(
             dataclasses.replace(video, path=locations.readable(video.path)),

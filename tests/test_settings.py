@@ -54,6 +54,8 @@ OTHER_VALUES: dict[str, Any] = {
     "encoder.alpha": "flatten",
     "batching.seconds": 2.0,
     "batching.frames": 8,
+    "deinterlace.mode": "bwdif",
+    "deinterlace.rate": "frame",
     "alpha_mode": "bicubic",
 }
 FLOWS = [upscale_video, upscale_images, archive_backfill, watch_arrivals]
@@ -141,6 +143,7 @@ def test_the_form_schema_has_no_none_toggles_and_shows_bounds_and_choices(fn: An
                 "engine": "EngineOptions",
                 "encoder": "EncoderOptions",
                 "batching": "BatchOptions",
+                "deinterlace": "DeinterlaceOptions",
             }[group]
         ]
         prop = model["properties"][name]

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from vsrflow.engine import EngineSettings, output_geometry
 from vsrflow.media.alpha import AlphaOutcome, alpha_outcome, describe_outcome
 from vsrflow.media.codecs import get_codec
+from vsrflow.media.deinterlace import CYCLE as PULLDOWN_CYCLE
+from vsrflow.media.deinterlace import Decision, choose, with_outputs
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo, VideoParams
 from vsrflow.memory import check_output_size
-from vsrflow.plan import Batch, plan_batches
+from vsrflow.plan import Batch, batch_frames, plan_batches
 from vsrflow.settings import UpscaleSettings
 
 
@@ -33,6 +35,9 @@ class UpscaleJob:
     engine: EngineSettings = field(default_factory=EngineSettings)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     alpha_mode: str = "model"
+    #: ``settings.deinterlace``: auto/off/a filter, and field or frame rate.
+    deinterlace: str = "auto"
+    deinterlace_rate: str = "field"
 
     @classmethod
     def from_settings(cls, settings: UpscaleSettings) -> UpscaleJob:
@@ -45,6 +50,8 @@ class UpscaleJob:
             engine=settings.engine.engine(),
             encoder=settings.encoder.encoder(),
             alpha_mode=settings.alpha_mode,
+            deinterlace=settings.deinterlace.mode,
+            deinterlace_rate=settings.deinterlace.rate,
         )
 
 
@@ -60,10 +67,43 @@ class JobPlan:
     #: Indices of batches whose chunk already exists in the work dir (found at planning):
     #: only those may be answered from the cache; the others are recomputed.
     present_chunks: frozenset[int] = frozenset()
+    #: What was decided about the source's fields (:mod:`vsrflow.media.deinterlace`).
+    interlace: Decision | None = None
 
     @property
     def frame_count(self) -> int:
         return sum(b.frame_count for b in self.batches)
+
+    @property
+    def output_frames(self) -> int:
+        """Frames of the output (field rate doubles them, inverse telecine keeps 4 in 5)."""
+        return sum(b.output_frames for b in self.batches)
+
+    def output_media(self, info: MediaInfo) -> MediaInfo:
+        """``info`` as the output must look: the planned output pts and time base when the
+        job deinterlaces (what assembly writes and verifies), else ``info`` itself."""
+        choice = self.video.deinterlace
+        if choice is None:
+            return info
+        video = dataclasses.replace(
+            info.video,
+            pts=tuple(p for b in self.batches for p in b.out_pts),
+            time_base=choice.time_base,
+            average_rate=choice.frame_rate,
+        )
+        return dataclasses.replace(info, video=video)
+
+    def interlace_description(self) -> dict[str, object]:
+        """The verdict, what was done and any warning (manifest and summary)."""
+        if self.interlace is None:
+            return {}
+        choice = self.interlace.deinterlace
+        return {
+            "done": self.interlace.description,
+            "filter": choice.method if choice else "",
+            "rate": choice.rate if choice else "",
+            "warnings": list(self.interlace.warnings),
+        }
 
     @property
     def alpha(self) -> AlphaOutcome:
@@ -124,6 +164,26 @@ def make_plan(
     }
     if alpha:
         identity["alpha"] = [alpha, job.alpha_mode if alpha == "keep" else ""]
+    interlace = choose(
+        video.fields,
+        job.deinterlace,
+        job.deinterlace_rate,  # type: ignore[arg-type]
+        source_time_base=video.time_base,
+        source_rate=video.average_rate,
+        vfr=video.is_vfr,
+    )
+    deinterlace = interlace.deinterlace
+    if deinterlace is not None:
+        _check_deinterlace_fits(info, alpha, job)
+        # Absent when nothing is done: progressive sources keep their batch keys.
+        identity["deinterlace"] = [deinterlace.method, deinterlace.parity, deinterlace.rate]
+        if deinterlace.method == "ivtc":  # batches start on pulldown cycles
+            size = batch_frames(
+                video,
+                frames_per_batch=frames_per_batch,
+                seconds_per_batch=seconds_per_batch,
+            )
+            frames_per_batch = -(-size // PULLDOWN_CYCLE) * PULLDOWN_CYCLE
     batches = plan_batches(
         video,
         source_id=source_sha256,
@@ -131,11 +191,29 @@ def make_plan(
         frames_per_batch=frames_per_batch,
         seconds_per_batch=seconds_per_batch,
     )
-    params = dataclasses.replace(video.params(info.path), alpha=alpha, alpha_upscale=job.alpha_mode)
+    if deinterlace is not None:
+        batches = with_outputs(deinterlace, video.pts, batches)
+    params = dataclasses.replace(
+        video.params(info.path),
+        alpha=alpha,
+        alpha_upscale=job.alpha_mode,
+        deinterlace=deinterlace,
+    )
     return JobPlan(
         video=params,
         out_size=out_size,
         weights_sha256=weights_sha256,
         source_sha256=source_sha256,
         batches=tuple(batches),
+        interlace=interlace,
     )
+
+
+def _check_deinterlace_fits(info: MediaInfo, alpha: AlphaOutcome, job: UpscaleJob) -> None:
+    """Deinterlacing works on the colour frames alone: refuse, before any compute, what it
+    cannot carry yet (one line naming the options)."""
+    if alpha in ("keep", "flatten"):
+        raise ValueError(
+            f"{info.path} has an alpha channel and is deinterlaced: alpha cannot be "
+            "deinterlaced yet; use --alpha drop or --deinterlace off"
+        )

@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 
 from vsrflow.engine_settings import ENGINE_DEFAULTS, EngineSettings
 from vsrflow.media.codecs import CODEC_PRESETS
+from vsrflow.media.deinterlace import MODES as DEINTERLACE_MODES
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.models.registry import ContentPreset, list_specs, model_for_content
 
@@ -54,6 +55,8 @@ EncoderPreset = Literal[("auto", *X26X_PRESETS, *SVT_AV1_PRESETS)]  # type: igno
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 AlphaMode = Literal["model", "bicubic"]
 AlphaPolicy = Literal["keep", "flatten", "drop"]
+DeinterlaceMode = Literal[DEINTERLACE_MODES]  # type: ignore[valid-type]
+DeinterlaceRate = Literal["field", "frame"]
 #: Below this tile edge the per-tile overhead dominates (measured: --tile 3 ran 230x slower).
 MIN_TILE = 32
 
@@ -350,6 +353,35 @@ class BatchOptions(_Group):
         return self.frames or None
 
 
+class DeinterlaceOptions(_Group):
+    """Interlaced and telecined sources: what is done to the fields before the model."""
+
+    model_config = ConfigDict(title="Interlacing")
+
+    mode: DeinterlaceMode = _field(  # type: ignore[valid-type]
+        "auto",
+        "auto: the pixels decide (not the flags): interlaced sources are deinterlaced with "
+        "bwdif, telecined ones (3:2 pulldown) restored to their film frames (ivtc), "
+        "progressive ones left alone. off: frames go to the model as decoded. bwdif, yadif, "
+        "w3fdif, estdif, ivtc: force that filter (a source detected progressive gets a "
+        "warning in the summary).",
+        Affects.VALUE,
+        "--deinterlace",
+    )
+    rate: DeinterlaceRate = _field(
+        "field",
+        "Output rate of deinterlaced video. field: one frame per field, smooth motion "
+        "(50i -> 50p, 59.94i -> 59.94p). frame: one frame per frame (50i -> 25p). Inverse "
+        "telecine always gives the film rate (29.97 -> 23.976).",
+        Affects.VALUE,
+        "--deinterlace-rate",
+    )
+
+    @property
+    def at_defaults(self) -> bool:
+        return self == DeinterlaceOptions()
+
+
 class UpscaleSettings(_Group):
     """Everything that decides the output of an upscale, grouped as the form shows it."""
 
@@ -372,6 +404,11 @@ class UpscaleSettings(_Group):
     batching: BatchOptions = Field(
         default_factory=BatchOptions,
         description="How a video is cut into batches (the unit of retry and resume).",
+    )
+    deinterlace: DeinterlaceOptions = Field(
+        default_factory=DeinterlaceOptions,
+        description="Interlaced and telecined sources: deinterlacing or inverse telecine "
+        "before the model, chosen from the pixels.",
     )
     alpha_mode: AlphaMode = _field(
         "model",
@@ -399,12 +436,27 @@ class UpscaleSettings(_Group):
     def decisive_parameters(self) -> dict[str, Any]:
         """The parameters an existing output must have been made with to count as up to
         date (the archive flows' check): every setting that can change an output byte."""
-        return {n: v for n, v, affects in self._leaves() if affects is not Affects.NOTHING}
+        return {
+            n: v
+            for n, v, affects in self._leaves()
+            if affects is not Affects.NOTHING and not self._switched_off(n)
+        }
 
     def output_identity(self) -> dict[str, Any]:
         """The settings whose values change output bytes (part of every batch cache key;
         the model choice enters the key as the resolved weights' sha256)."""
-        return {name: value for name, value, affects in self._leaves() if affects is Affects.VALUE}
+        return {
+            name: value
+            for name, value, affects in self._leaves()
+            if affects is Affects.VALUE and not self._switched_off(name)
+        }
+
+    def _switched_off(self, name: str) -> bool:
+        """Deinterlacing at its defaults (auto, field rate) cannot be told apart from runs made
+        before the option existed, so it stays out of the cache identity and the archive
+        check: the plan keys what auto resolved to for the source (nothing for a progressive
+        one, which so keeps its batch keys; the filter, parity and rate otherwise)."""
+        return name.startswith("deinterlace.") and self.deinterlace.at_defaults
 
     def _leaves(self) -> list[tuple[str, Any, Affects]]:
         out = []
@@ -461,6 +513,7 @@ __all__ = [
     "REGISTRY_NAMES",
     "Affects",
     "BatchOptions",
+    "DeinterlaceOptions",
     "EncoderOptions",
     "EngineOptions",
     "ModelSettings",
