@@ -335,6 +335,30 @@ def test_progressive_material_is_not_called_interlaced(
     assert fields is not None and fields.verdict == "progressive", fields.describe()
 
 
+@pytest.mark.parametrize(("offset", "frames"), [(47, 12), (85, 24), (94, 24), (105, 24)])
+def test_fine_progressive_detail_that_fools_idet_stays_progressive(
+    offset: int, frames: int, tmp_path: Path
+) -> None:
+    """The project's pattern at offsets where idet's single-frame test alone calls frames
+    combed (CI: a 12-frame clip came out with 24 frames at field rate); the field-motion
+    test (are the two fields from different moments?) says they are not."""
+    import media_fixtures as mf
+
+    path = tmp_path / "pattern.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = mf.WIDTH, mf.HEIGHT, "yuv420p"
+        for i in range(frames):
+            rgb = mf.pattern_rgb(i + offset)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+    fields = probe(path).video.fields
+    assert fields is not None
+    assert fields.single_combed >= 4, f"idet no longer misreads this clip: {fields.describe()}"
+    assert fields.verdict == "progressive", fields.describe()
+    assert fields.field_motion_frames >= frames - 2 and fields.field_spread > 0.7
+
+
 # --------------------------------------------------------------------------------------------
 # The flow: manifest and summary say what was found and done
 
@@ -411,3 +435,4 @@ def test_real_footage_woven_into_fields_is_called_interlaced(
     fields = probe(clip.path).video.fields
     assert fields is not None and fields.verdict == "interlaced", fields.describe()
     assert fields.field_order == ("tff" if tff else "bff")
+    assert fields.field_spread < 0.2, fields.describe()
