@@ -33,8 +33,13 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 from pydantic import Field
 
-from flows.params import CredentialsParam, Prefix, ProfileParam, form_descriptions
-from flows.upscale_video import SettingsParam
+from flows.params import (
+    CredentialsParam,
+    Prefix,
+    ProfileParam,
+    SettingsParam,
+    form_descriptions,
+)
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow import catalog

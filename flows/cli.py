@@ -284,6 +284,21 @@ def _run_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_face_detectors() -> None:
+    from vsrflow.errors import ModelError
+    from vsrflow.faces.registry import ENV_MODEL_PATH, list_detectors, resolve_detector_weights
+
+    print(f"\nface detectors (--face-detector NAME; no download: put them in a 'face' folder"
+          f" of {ENV_MODEL_PATH}):")  # fmt: skip
+    for detector in list_detectors():
+        try:
+            resolve_detector_weights(detector.name)
+            found = "found"
+        except ModelError:
+            found = "-"
+        print(f"{detector.name:28} {found:7} {detector.description}")
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from vsrflow.models import default_cache_dir, fetch_weights, list_specs
 
@@ -292,6 +307,11 @@ def _run_models(args: argparse.Namespace) -> int:
         for spec in list_specs():
             cached = "cached" if (cache / spec.filename).is_file() else "-"
             print(f"{spec.name:28} x{spec.scale}  {spec.content:8} {cached:7} {spec.description}")
+        print("\nface restorers (--face-enhance --face-model NAME):")
+        for spec in list_specs("face"):
+            cached = "cached" if (cache / spec.filename).is_file() else "-"
+            print(f"{spec.name:28} x{spec.scale}  {spec.content:8} {cached:7} {spec.description}")
+        _list_face_detectors()
         return 0
     for name in args.names:
         weights = fetch_weights(name)

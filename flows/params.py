@@ -26,6 +26,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, Field
 from pydantic.fields import FieldInfo
 
+from vsrflow.settings import UpscaleSettings
 from vsrflow.storage import parse_s3_uri
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,6 +162,15 @@ KeepChunksParam = Annotated[
     Field(
         description="Keep the finished pieces after publishing (a rerun then recomputes "
         "nothing); off frees the scratch space."
+    ),
+]
+#: The one settings model as a flow parameter (defined here, not in a flow module, so the
+#: control flows can take it without importing the upscale flow's torch-bound tasks).
+SettingsParam = Annotated[
+    UpscaleSettings,
+    Field(
+        description="What the output will be: model, size, precision and tiles, codec and "
+        "quality, batch length. Every field has a tested default."
     ),
 ]
 

@@ -101,11 +101,17 @@ def upscale_images(
         "parameters": settings.parameters(),
         "profile": profile,
         "images": [
-            _manifest_entry(item, outcome)
+            _manifest_entry(item, outcome, job.faces is not None)
             for item, outcome in zip(plan.items, results, strict=True)
         ],
         "failed": [{"source": e.source, "reason": e.reason} for e in failed],
     }
+    if job.faces is not None:
+        restored = [o.result.faces for o in results if o.result is not None]
+        manifest["faces"] = {
+            "images_with_faces": sum(1 for n in restored if n),
+            "faces": sum(restored),
+        }
     if not plan.folder:  # the keys a video manifest has, so archive-style checks read both
         manifest["source_identity"] = plan.items[0].source_identity
         manifest["output_bytes"] = results[0].result.output_bytes  # type: ignore[union-attr]
@@ -145,7 +151,7 @@ class _Outcome:
 PER_IMAGE_ERRORS = (MediaError, ObjectNotFoundError)
 
 
-def _manifest_entry(item: ImageItem, outcome: _Outcome) -> dict[str, Any]:
+def _manifest_entry(item: ImageItem, outcome: _Outcome, faces_on: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "source": item.source,
         "source_identity": item.source_identity,
@@ -163,6 +169,8 @@ def _manifest_entry(item: ImageItem, outcome: _Outcome) -> dict[str, Any]:
         channels=result.channels,
         bit_depth=result.bit_depth,
     )
+    if faces_on:
+        entry["faces"] = result.faces
     return entry
 
 

@@ -7,46 +7,43 @@ batches, assembly, clean-up, report) is a task with its own retries and state in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Annotated
-from uuid import UUID
 
-import dask
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
-from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import Field
 
 from deployments.profiles import Profile, get_profile
+from flows.batches import upscale_batches
 from flows.params import (
     CredentialsParam,
     KeepChunksParam,
     ProfileParam,
+    SettingsParam,
     VideoOutput,
     VideoSource,
     WorkDirParam,
     form_descriptions,
 )
-from tasks.artifacts import publish_report, report_progress, start_progress
+from tasks.artifacts import publish_face_crop, publish_report, start_progress
 from tasks.lease import acquire_lease, release_lease
 from tasks.media import assemble_output, plan_job, probe_source
 from tasks.preflight import preflight_video
-from tasks.storage import result_storage_for
-from tasks.upscale import check_cached_chunk, remove_chunks, upscale_batch
+from tasks.upscale import clean_work_dir
 from vsrflow import PIPELINE_VERSION, storage
-from vsrflow.chunks import ChunkProblem
 from vsrflow.compare import middle_frame
 from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.lease import OutputLease
 from vsrflow.media.assemble import AssemblyReport
 from vsrflow.media.probe import MediaInfo
-from vsrflow.pipeline import BatchResult
-from vsrflow.plan import Batch
-from vsrflow.report import BatchCounts, MediaSide, RunSummary, worker_label
+from vsrflow.report import FaceSummary, MediaSide, RunSummary, face_crop_location, worker_label
 from vsrflow.results import BatchOutcome, VideoResult
 from vsrflow.settings import UpscaleSettings
 
@@ -54,19 +51,6 @@ WORK_DIR_ENV = "VSRFLOW_WORK_DIR"
 #: Names a Prefect global concurrency limit (the deployments set vsrflow-gpu): each run holds
 #: one slot of it while its batches run. Unset (the CLI): no limit is consulted.
 GPU_LIMIT_ENV = "VSRFLOW_GPU_LIMIT"
-#: How often the flow resubmits a batch whose worker died (scancel, node failure, OOM kill).
-#: Task retries cover exceptions inside a task; a lost worker never reports back, so the
-#: flow notices through the Dask future and submits the batch again.
-WORKER_LOSS_RESUBMITS = 3
-_WORKER_LOSS = ("KilledWorker", "CancelledError", "FutureCancelledError", "CommClosedError")
-
-SettingsParam = Annotated[
-    UpscaleSettings,
-    Field(
-        description="What the output will be: model, size, precision and tiles, codec and "
-        "quality, batch length. Every field has a tested default."
-    ),
-]
 
 
 def default_work_dir(output_path: str) -> str:
@@ -79,80 +63,6 @@ def default_work_dir(output_path: str) -> str:
         parent = key.rsplit("/", 1)[0] if "/" in key else ""
         return storage.join_uri(f"s3://{bucket}", *[p for p in (parent, ".vsrflow-work") if p])
     return str(Path(output_path).parent / ".vsrflow-work")
-
-
-def _is_worker_loss(exc: BaseException) -> bool:
-    return type(exc).__name__ in _WORKER_LOSS
-
-
-@flow(name="upscale-batches", log_prints=True)
-def upscale_batches(
-    plan: JobPlan,
-    job: UpscaleJob,
-    work_dir: str,
-    credentials_block: str | None = None,
-    batch_resources: dict[str, float] | None = None,
-    progress_artifact_id: UUID | None = None,
-) -> BatchOutcome:
-    """Submit every batch to the profile's task runner; count cached vs computed batches and
-    update the progress artifact ``progress_artifact_id`` (if given) as each one finishes.
-
-    A batch whose chunk planning did not find is recomputed even if a cache record exists
-    (a record without its chunk must not be trusted)."""
-    logger = get_run_logger()
-    task = upscale_batch.with_options(
-        result_storage=result_storage_for(work_dir, credentials_block)
-    )
-
-    def submit(batch: Batch, refresh: bool) -> PrefectFuture[BatchResult]:
-        runner = task.with_options(refresh_cache=True) if refresh else task
-        with dask.annotate(resources=batch_resources or {}):
-            return runner.submit(plan.video, batch, job, plan.out_size, work_dir, credentials_block)
-
-    futures = {b.index: submit(b, b.index not in plan.present_chunks) for b in plan.batches}
-    resubmits = dict.fromkeys(futures, 0)
-    results: dict[int, BatchResult] = {}
-    cached = 0
-    bad_chunks: list[ChunkProblem] = []
-    batches = {b.index: b for b in plan.batches}
-    while len(results) < len(plan.batches):
-        # Resubmitted futures join the next round; the others are handled as they finish.
-        pending = {id(f): i for i, f in futures.items() if i not in results}
-        for future in as_completed([futures[i] for i in pending.values()]):
-            index = pending[id(future)]
-            try:
-                result = future.result()
-                if future.state.name == "Cached":
-                    problem = check_cached_chunk(result, credentials_block)
-                    if problem is not None:  # never trusted: recomputed, named in the summary
-                        logger.warning("recomputing %s", problem.describe())
-                        bad_chunks.append(problem)
-                        futures[index] = submit(batches[index], True)
-                        continue
-                    cached += 1
-                results[index] = result
-            except Exception as exc:
-                if not _is_worker_loss(exc) or resubmits[index] >= WORKER_LOSS_RESUBMITS:
-                    raise
-                resubmits[index] += 1
-                logger.warning(
-                    "batch %d lost its worker (%s); resubmitting", index, type(exc).__name__
-                )
-                futures[index] = submit(batches[index], True)
-                continue
-            if progress_artifact_id is not None:
-                counts = BatchCounts(
-                    len(results), len(plan.batches), cached, sum(resubmits.values())
-                )
-                report_progress(progress_artifact_id, counts)
-    ordered = tuple(results[b.index] for b in plan.batches)
-    return BatchOutcome(
-        ordered,
-        cached,
-        len(ordered) - cached,
-        sum(resubmits.values()),
-        tuple(p.describe() for p in bad_chunks),
-    )
 
 
 @flow(name="upscale-video", log_prints=True)
@@ -240,6 +150,7 @@ def _run_job(
     timings["upscale"] = time.perf_counter() - t0
     results = outcome.results
     workers = tuple(sorted({f"{r.host}/{r.slurm_job_id or '-'}" for r in results}))
+    faces = _face_summary(job, outcome, output_path)
     manifest = {
         "vsrflow_pipeline": PIPELINE_VERSION,
         "source": input_path,
@@ -257,6 +168,8 @@ def _run_job(
         "alpha": plan.alpha_description(),
         "interlace": {**_fields_of(info), **plan.interlace_description()},
     }
+    if faces is not None:
+        manifest["faces"] = faces.manifest()
     lease.ensure_held()  # a run whose lease was taken over must not publish over the taker
     t0 = time.perf_counter()
     report = assemble_output(
@@ -267,8 +180,18 @@ def _run_job(
         {**manifest, "seconds": {k: round(v, 3) for k, v in timings.items()}},
     )
     timings["assemble"] = time.perf_counter() - t0
-    if not keep_chunks:
-        remove_chunks([r.chunk for r in results], credentials_block)
+    if faces is not None and faces.crop is not None:
+        samples = [r.face_sample for r in results if r.face_sample]
+        best = max((r for r in results if r.face_sample), key=lambda r: r.face_largest)
+        crop = publish_face_crop(
+            samples, best.face_sample, output_path, credentials_block, not keep_chunks,
+            return_state=True,
+        )  # fmt: skip
+        if not crop.is_completed():  # the output is published: a missing crop is a warning
+            logger.warning("face crop not published: %s", crop.message)
+            faces = dataclasses.replace(faces, crop=None)
+    if not keep_chunks:  # published and verified: nothing left to resume
+        clean_work_dir(work, output_path, [b.key for b in plan.batches], credentials_block)
     logger.info(
         "published %s: %d frames, %d batches computed, %d cached",
         report.path,
@@ -276,7 +199,7 @@ def _run_job(
         outcome.computed,
         outcome.cached,
     )
-    summary = _run_summary(info, plan, job, compute.name, outcome, report, timings)
+    summary = _run_summary(info, plan, job, compute.name, outcome, report, timings, faces)
     frame_index, frame_time = middle_frame(info.video.pts, info.video.time_base)
     published = publish_report(
         summary, plan.video, frame_index, frame_time, credentials_block, return_state=True
@@ -307,6 +230,8 @@ def _run_job(
         chunks_removed=not keep_chunks,
         batch_results=results,
         artifacts=artifacts,
+        window=outcome.window,
+        flow_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
 
 
@@ -318,6 +243,7 @@ def _run_summary(
     outcome: BatchOutcome,
     report: AssemblyReport,
     timings: dict[str, float],
+    faces: FaceSummary | None = None,
 ) -> RunSummary:
     """What the summary artifact shows (framework-free data; rendering is in vsrflow.report)."""
     video = info.video
@@ -354,6 +280,7 @@ def _run_summary(
         resubmitted=outcome.resubmitted,
         workers=tuple(sorted({worker_label(r.host, r.slurm_job_id) for r in results})),
         bad_chunks=outcome.bad_chunks,
+        faces=faces,
         interlace=plan.interlace.description if plan.interlace else "",
         interlace_warnings=plan.interlace.warnings if plan.interlace else (),
     )
@@ -363,3 +290,18 @@ def _fields_of(info: MediaInfo) -> dict[str, object]:
     """The source's field analysis for the manifest (verdict and evidence counts)."""
     fields = info.video.fields
     return {"detected": fields.summary()} if fields is not None else {}
+
+
+def _face_summary(job: UpscaleJob, outcome: BatchOutcome, output_path: str) -> FaceSummary | None:
+    """Face restoration counts over every batch (None when it was off); the crop location is
+    set when some batch restored a face (its crop is copied there after publishing)."""
+    if job.faces is None:
+        return None
+    results = outcome.results
+    return FaceSummary(
+        restorer=Path(job.faces.model).stem if Path(job.faces.model).suffix else job.faces.model,
+        frames=sum(r.frames for r in results),
+        frames_with_faces=sum(r.face_frames for r in results),
+        faces=sum(r.faces for r in results),
+        crop=face_crop_location(output_path) if any(r.face_sample for r in results) else None,
+    )

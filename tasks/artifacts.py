@@ -14,6 +14,7 @@ Prefect UIs render in markdown and image artifacts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -35,10 +36,12 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow import storage
 from vsrflow.compare import data_uri, make_comparison, read_frame_at
 from vsrflow.errors import redact_urls, redacting
+from vsrflow.images import local_copy
 from vsrflow.locations import Locations
 from vsrflow.media.probe import VideoParams
 from vsrflow.report import (
@@ -46,6 +49,7 @@ from vsrflow.report import (
     ComparisonNote,
     RunSummary,
     artifact_key,
+    face_crop_location,
     output_name,
     parse_progress,
     progress_description,
@@ -152,6 +156,37 @@ def _comparison(
     return ComparisonNote(caption=caption, src=url, location=target), url
 
 
+def _face_crop_src(locations: Locations, crop: str) -> str | None:
+    if locations.is_remote(crop):
+        return _presigned(locations, crop)
+    return data_uri(Path(crop).read_bytes(), EMBED_LIMIT)
+
+
+@task(name="publish-face-crop", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def publish_face_crop(
+    samples: list[str],
+    best: str,
+    output_path: str,
+    credentials_block: str | None = None,
+    remove_samples: bool = True,
+) -> str:
+    """Copy the batch crop ``best`` (the largest restored face) to ``<output>.face.png`` and,
+    with ``remove_samples``, remove every batch's crop from the work dir (before the work dir
+    is cleaned, so its folders end up empty). Returns the crop's location."""
+    locations = locations_for(credentials_block)
+    target = face_crop_location(output_path)
+    with redacting():
+        with local_copy(locations, best) as source:
+            data = source.read_bytes()
+        with locations.scratch_for(target) as staged:
+            staged.write_bytes(data)
+            locations.store(staged, target)
+        if remove_samples:
+            for sample in samples:
+                locations.remove(sample)
+    return target
+
+
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def publish_report(
     summary: RunSummary,
@@ -178,11 +213,18 @@ def publish_report(
         logger.warning("before/after image skipped: %s", reason)
         note = ComparisonNote(caption=f"No before/after image: {reason}")
     remote = locations.is_remote(output)
+    face_src = None
+    if summary.faces is not None and summary.faces.crop:
+        try:
+            face_src = _face_crop_src(locations, summary.faces.crop)
+        except Exception as exc:
+            logger.warning("face crop not shown: %s", redact_urls(f"{type(exc).__name__}: {exc}"))
     markdown = render_summary(
         summary,
         output_link=_presigned(locations, output) if remote else None,
         link_expires_h=LINK_EXPIRES_S / 3600 if remote else None,
         comparison=note,
+        face_crop_src=face_src,
     )
     summary_id = create_markdown_artifact(
         markdown, key=key, description=f"Upscale of {output_name(summary.source.location)}"

@@ -18,7 +18,7 @@ from prefect.runtime import task_run
 from tasks.caching import KeyedBy
 from tasks.retry import TRANSIENT_RETRIES, retry_transient
 from tasks.storage import locations_for
-from tasks.upscale import upscaler_for
+from tasks.upscale import face_processor_for, upscaler_for
 from vsrflow import PIPELINE_VERSION, safety
 from vsrflow.errors import redacting
 from vsrflow.images import ImageResult, is_image_folder, pair_images, upscale_image_at
@@ -99,7 +99,8 @@ def plan_images(
     credentials_block: str | None = None,
 ) -> ImagesPlan:
     """List the images (one file, a folder or an s3:// prefix), pair them with outputs,
-    resolve the weights (download + verify if needed), identify each source and check which
+    resolve the weights (download + verify if needed; with faces on, the face restorer's
+    too, whose sha256 joins every image key), identify each source and check which
     outputs exist. A missing source, an output folder inside the input folder or an output
     that is one of the sources (any spelling, hard links too: :mod:`vsrflow.safety`) fails
     here, before any compute, with one message (no URL, no secret)."""
@@ -111,6 +112,10 @@ def plan_images(
         pairs = pair_images(locations, input_path, output_path)
         safety.check_image_pairs(pairs.pairs, s3)
     weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
+    if job.faces is not None:  # refused here in one line, before any image is upscaled
+        from vsrflow.faces.step import check_face_job
+
+        settings_identity = {**settings_identity, "faces.weights": check_face_job(job.faces)}
     with redacting(), ThreadPoolExecutor(min(PLAN_THREADS, len(pairs.pairs))) as pool:
         items = tuple(
             pool.map(lambda p: _item(locations, p, settings_identity, weights), pairs.pairs)
@@ -137,6 +142,9 @@ def upscale_image(
 ) -> ImageResult:
     """Upscale ``source`` into ``output`` (local or s3://): the source is read whole (a scratch
     copy for S3), the output published atomically (S3: temporary key -> verify -> copy)."""
+    faces = None
+    if job.faces is not None:
+        faces = face_processor_for(job.faces, device=job.device, precision=job.engine.precision)
     with redacting():
         return upscale_image_at(
             source,
@@ -146,6 +154,7 @@ def upscale_image(
             outscale=job.outscale,
             target_height=job.target_height,
             alpha_mode=job.alpha_mode,  # type: ignore[arg-type]
+            faces=faces,
         )
 
 

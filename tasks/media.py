@@ -58,9 +58,10 @@ def plan_job(
     work_dir: str,
     credentials_block: str | None = None,
 ) -> JobPlan:
-    """Resolve the weights (download + verify if needed), check the output container can hold
-    every stream, identify the source content, cut it into keyed batches and find which
-    batches' chunks the work dir already holds."""
+    """Resolve the weights (download + verify if needed; with faces on, the detector's and
+    the face restorer's too, loaded once to refuse a wrong file in one line), check the
+    output container can hold every stream, identify the source content, cut it into keyed
+    batches and find which batches' chunks the work dir already holds."""
     job = UpscaleJob.from_settings(settings)
     locations = locations_for(credentials_block)
     with redacting():
@@ -72,6 +73,11 @@ def plan_job(
             alpha=job.encoder.alpha,
         )
     model = get_model(job.model, denoise_strength=job.denoise_strength)
+    face_sha256 = None
+    if job.faces is not None:  # refused here in one line, before any batch runs
+        from vsrflow.faces.step import check_face_job
+
+        face_sha256 = check_face_job(job.faces)
     plan = make_plan(
         info,
         job,
@@ -79,8 +85,10 @@ def plan_job(
         model_scale=model.scale,
         source_sha256=locations.identity(info.path),
         settings_identity=settings.output_identity(),
+        face_weights_sha256=face_sha256,
         frames_per_batch=settings.batching.frames_or_none,
         seconds_per_batch=settings.batching.seconds,
+        max_batches=settings.batching.max_batches_or_none,
     )
     if not locations.is_remote(work_dir):
         write_listing(work_dir, output_path, [b.key for b in plan.batches], plan.output_frames)

@@ -9,8 +9,11 @@ trusted without its chunk.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -27,9 +30,17 @@ from vsrflow.models import get_model
 from vsrflow.pipeline import BatchResult
 from vsrflow.pipeline import upscale_batch as run_batch
 from vsrflow.plan import Batch, chunk_name
-from vsrflow.progress import BatchProgress
+from vsrflow.progress import BatchProgress, listing_path, progress_dir
+
+if TYPE_CHECKING:
+    from vsrflow.faces.job import FaceJob
+    from vsrflow.faces.processor import FaceProcessor
 
 _upscalers: dict[tuple[Any, ...], Upscaler] = {}
+#: Cache keys of batch results: ``upscale-batch-<batch key>`` (also their file/object name).
+RESULT_PREFIX = "upscale-batch-"
+#: A batch's before/after face crop sits beside its chunk: ``<chunk>.face.png``.
+FACE_SAMPLE_SUFFIX = ".face.png"
 
 
 def chunk_location(work_dir: str, batch: Batch) -> str:
@@ -37,17 +48,58 @@ def chunk_location(work_dir: str, batch: Batch) -> str:
     return locations_for(None).join(work_dir, "chunks", chunk_name(batch))
 
 
+def result_record_location(work_dir: str, key: str) -> str:
+    """Where Prefect keeps the cache record of the batch with ``key`` (see
+    ``tasks.storage.result_storage_for``: ``<work_dir>/results/<cache key>``)."""
+    return locations_for(None).join(work_dir, "results", f"{RESULT_PREFIX}{key}")
+
+
+def job_files(work_dir: str, output_path: str, keys: list[str]) -> list[str]:
+    """Every file one job keeps in ``work_dir`` for resuming: per batch its chunk, its cache
+    record and (local work dirs) its progress file, plus the job's progress listing."""
+    locations = locations_for(None)
+    files = []
+    for key in keys:
+        files.append(locations.join(work_dir, "chunks", f"{key}.mp4"))
+        files.append(result_record_location(work_dir, key))
+    if not locations.is_remote(work_dir):
+        files += [str(progress_dir(work_dir) / f"batch-{key}.json") for key in keys]
+        files.append(str(listing_path(work_dir, output_path)))
+    return files
+
+
 @task(
-    name="remove-chunks",
+    name="clean-work-dir",
     cache_policy=NO_CACHE,
     **TRANSIENT_RETRIES,
 )
-def remove_chunks(chunks: list[str], credentials_block: str | None = None) -> int:
-    """Free the scratch space of a published video (its chunks); returns how many."""
+def clean_work_dir(
+    work_dir: str, output_path: str, keys: list[str], credentials_block: str | None = None
+) -> int:
+    """Remove a published job's files from its work dir (chunks, cache records, progress);
+    returns how many locations were cleared.
+
+    Only this job's files go: other outputs in the same folder share ``.vsrflow-work`` and
+    may be mid-run. Local folders the job's files lived in are removed once empty. Called
+    only after the output is published and verified: a failed or killed run keeps all of it,
+    which is what a rerun resumes from."""
     locations = locations_for(credentials_block)
-    for chunk in chunks:
-        locations.remove(chunk)
-    return len(chunks)
+    files = job_files(work_dir, output_path, keys)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(locations.remove, files))
+    if not locations.is_remote(work_dir):
+        for folder in ("chunks", "results", "progress", ""):
+            with contextlib.suppress(OSError):  # not empty (another job's files) or gone
+                os.rmdir(os.path.join(work_dir, folder))
+    return len(files)
+
+
+def face_processor_for(
+    job: FaceJob, *, device: str, precision: str
+) -> FaceProcessor:  # imported late: workers without faces never load the face code
+    from vsrflow.faces.step import face_processor_for as build
+
+    return build(job, device=device, precision=precision)
 
 
 def upscaler_for(job: UpscaleJob) -> Upscaler:
@@ -63,7 +115,7 @@ def upscaler_for(job: UpscaleJob) -> Upscaler:
     name="upscale-batch",
     task_run_name="batch-{batch.index}",
     **TRANSIENT_RETRIES,
-    cache_policy=KeyedBy(parameter="batch", prefix="upscale-batch-"),
+    cache_policy=KeyedBy(parameter="batch", prefix=RESULT_PREFIX),
     persist_result=True,
 )
 def upscale_batch(
@@ -80,17 +132,29 @@ def upscale_batch(
     progress = None
     if not locations.is_remote(work_dir):
         progress = BatchProgress(work_dir, batch.key, batch.output_frames)
+    faces = None
+    if job.faces is not None:
+        faces = face_processor_for(job.faces, device=job.device, precision=job.engine.precision)
     with redacting(), locations.scratch_for(target) as staged:
-        result = run_batch(
-            dataclasses.replace(video, path=locations.readable(video.path)),
-            batch,
-            upscaler_for(job),
-            staged,
-            encoder=job.encoder,
-            out_size=out_size,
-            progress=progress,
-        )
-        chunk_bytes = staged.stat().st_size
+        sample = staged.with_name(staged.name + FACE_SAMPLE_SUFFIX)
+        try:
+            result = run_batch(
+                dataclasses.replace(video, path=locations.readable(video.path)),
+                batch,
+                upscaler_for(job),
+                staged,
+                encoder=job.encoder,
+                out_size=out_size,
+                progress=progress,
+                faces=faces,
+                face_sample=sample,
+            )
+            chunk_bytes = staged.stat().st_size
+            if result.face_sample:  # stored beside the chunk; the report copies it
+                locations.store(sample, target + FACE_SAMPLE_SUFFIX)
+                result = dataclasses.replace(result, face_sample=target + FACE_SAMPLE_SUFFIX)
+        finally:
+            sample.unlink(missing_ok=True)
         locations.store(staged, target)
     return dataclasses.replace(result, chunk=target, chunk_bytes=chunk_bytes)
 

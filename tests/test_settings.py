@@ -42,6 +42,7 @@ OTHER_VALUES: dict[str, Any] = {
     "model.denoise_strength": 0.5,
     "size.outscale": 2.0,
     "size.target_height": 720,
+    "size.square_pixels": True,
     "engine.precision": "fp32",
     "engine.tile": 64,
     "engine.tile_pad": 8,
@@ -56,13 +57,40 @@ OTHER_VALUES: dict[str, Any] = {
     "batching.frames": 8,
     "deinterlace.mode": "bwdif",
     "deinterlace.rate": "frame",
+    "batching.max_batches": 5,
+    "faces.enhance": True,
+    "faces.strength": 0.5,
+    "faces.model": "GFPGANv1.4",  # the only face restorer in the registry: one choice
+    "faces.weights_path": "my/face.pth",
+    "faces.detector": "blazeface-front",
+    "faces.smoothing": 3,
+    "faces.faces_per_pass": 2,
     "alpha_mode": "bicubic",
 }
+#: Settings that act only while their group is switched on (and enter the cache identity and
+#: the archive check only then): they are tested with the switch on.
+SWITCHES = {"faces.": "faces.enhance"}
 FLOWS = [upscale_video, upscale_images, archive_backfill, watch_arrivals]
 
 
+def _switch(path: str) -> dict[str, Any]:
+    """The group switch ``path`` needs on ({} for settings that always act)."""
+    for prefix, switch in SWITCHES.items():
+        if path.startswith(prefix) and path != switch:
+            return {switch: True}
+    return {}
+
+
 def _changed(path: str) -> UpscaleSettings:
-    return settings_from_flat({path: OTHER_VALUES[path]})
+    return settings_from_flat({**_switch(path), path: OTHER_VALUES[path]})
+
+
+def _one_choice(path: str) -> bool:
+    """A dropdown with a single entry (the face restorer): no other value to set."""
+    return choices_of(dict(LEAVES)[path]) == (OTHER_VALUES[path],)
+
+
+CHANGEABLE = [p for p, _ in LEAVES if not _one_choice(p)]
 
 
 def test_every_setting_has_a_description_a_flag_an_effect_and_a_test_value() -> None:
@@ -73,21 +101,24 @@ def test_every_setting_has_a_description_a_flag_an_effect_and_a_test_value() -> 
     for path, info in LEAVES:
         assert info.description and len(info.description) > 30, path
         assert isinstance(affects_of(info), Affects), path
-        assert OTHER_VALUES[path] != info.get_default(call_default_factory=True), path
+        assert _one_choice(path) or OTHER_VALUES[path] != info.get_default(
+            call_default_factory=True
+        ), path
 
 
-@pytest.mark.parametrize("path", [p for p, _ in LEAVES])
+@pytest.mark.parametrize("path", CHANGEABLE)
 def test_each_setting_reaches_the_cli_the_manifest_the_archive_check_and_the_cache_key(
     path: str, no_audio_clip: mf.FixtureInfo
 ) -> None:
     info = dict(LEAVES)[path]
     value = OTHER_VALUES[path]
     changed = _changed(path)
-    default = UpscaleSettings()
+    default = settings_from_flat(_switch(path))
 
     # CLI: the option exists and sets exactly this setting.
     flag = cli_flag_of(info)
     argv = ["upscale", "in.mp4", "-o", "out.mp4"]
+    argv += [cli_flag_of(dict(LEAVES)[s]) for s in _switch(path)]
     argv += [flag] if isinstance(value, bool) else [flag, str(value)]
     assert _settings(_build_parser().parse_args(argv)) == changed
 
@@ -103,7 +134,12 @@ def test_each_setting_reaches_the_cli_the_manifest_the_archive_check_and_the_cac
     # enter the identity; a WEIGHTS setting changes the weights the job resolves.
     assert (path in changed.output_identity()) is (affects is Affects.VALUE)
     if affects is Affects.WEIGHTS:
-        assert UpscaleJob.from_settings(changed).model != UpscaleJob.from_settings(default).model
+        job, default_job = UpscaleJob.from_settings(changed), UpscaleJob.from_settings(default)
+        if path.startswith("faces."):
+            assert job.faces is not None and default_job.faces is not None
+            assert job.faces.model != default_job.faces.model
+        else:
+            assert job.model != default_job.model
     if affects is Affects.VALUE:
         info_ = probe(no_audio_clip.path)
 
@@ -115,6 +151,7 @@ def test_each_setting_reaches_the_cli_the_manifest_the_archive_check_and_the_cac
                 model_scale=4,
                 source_sha256="sha256:x",
                 settings_identity=settings.output_identity(),
+                face_weights_sha256="1" * 64 if settings.faces.enhance else None,
                 frames_per_batch=8,
             )
             return {b.key for b in plan.batches}
@@ -144,6 +181,7 @@ def test_the_form_schema_has_no_none_toggles_and_shows_bounds_and_choices(fn: An
                 "encoder": "EncoderOptions",
                 "batching": "BatchOptions",
                 "deinterlace": "DeinterlaceOptions",
+                "faces": "FaceOptions",
             }[group]
         ]
         prop = model["properties"][name]
@@ -160,6 +198,60 @@ def test_model_is_a_dropdown_of_the_registry_with_a_live_action_default() -> Non
     prop = _schema(upscale_video)["definitions"]["ModelSettings"]["properties"]["name"]
     assert "realesr-animevideov3" in prop["enum"] and "RealESRGAN_x4plus" in prop["enum"]
     assert prop["default"] == DEFAULT_MODEL == "realesr-general-x4v3"
+
+
+def test_face_model_is_a_dropdown_of_the_face_restorers_only() -> None:
+    props = _schema(upscale_video)["definitions"]["FaceOptions"]["properties"]
+    assert props["model"]["enum"] == ["GFPGANv1.4"] == list(choices_of(dict(LEAVES)["faces.model"]))
+    assert props["detector"]["enum"] == ["blazeface-front", "blazeface-back"]
+    assert props["enhance"]["default"] is False
+    argv = ["upscale", "in.mp4", "-o", "o.mp4", "--face-enhance", "--face-model", "GFPGANv1.4"]
+    chosen = _settings(_build_parser().parse_args(argv))
+    assert chosen.faces.enhance and chosen.parameters()["faces.model"] == "GFPGANv1.4"
+    job = UpscaleJob.from_settings(chosen).faces
+    assert job is not None and job.model == "GFPGANv1.4" and job.detector == "blazeface-back"
+    assert UpscaleJob.from_settings(UpscaleSettings()).faces is None
+
+
+def test_faces_switched_off_keep_the_batch_keys_and_archive_check_of_before(
+    no_audio_clip: mf.FixtureInfo,
+) -> None:
+    """Adding the faces group changed no key of a run without it: with faces off, none of its
+    settings (whatever their values) enters the identity, the archive check or the plan."""
+    info_ = probe(no_audio_clip.path)
+
+    def keys(settings: UpscaleSettings, face_sha: str | None = None) -> list[str]:
+        plan = make_plan(
+            info_,
+            UpscaleJob.from_settings(settings),
+            weights_sha256="0" * 64,
+            model_scale=4,
+            source_sha256="sha256:x",
+            settings_identity=settings.output_identity(),
+            face_weights_sha256=face_sha,
+            frames_per_batch=8,
+        )
+        return [b.key for b in plan.batches]
+
+    plain = UpscaleSettings()
+    off = settings_from_flat({
+        "faces.strength": 0.2, "faces.weights_path": "x/face.pth", "faces.detector":
+        "blazeface-front", "faces.smoothing": 9, "faces.faces_per_pass": 3,
+    })  # fmt: skip
+    assert not any(k.startswith("faces.") for k in plain.output_identity())
+    assert not any(k.startswith("faces.") for k in plain.decisive_parameters())
+    assert off.output_identity() == plain.output_identity()
+    assert off.decisive_parameters() == plain.decisive_parameters()
+    assert keys(off) == keys(plain)
+    # The manifest still records them (what the user set), and the switch changes every key.
+    assert off.parameters()["faces.smoothing"] == 9 and plain.parameters()["faces.enhance"] is False
+    on = settings_from_flat({"faces.enhance": True})
+    assert "faces.enhance" in on.decisive_parameters()
+    assert set(keys(on, "1" * 64)).isdisjoint(keys(plain))
+    # The restorer's weights enter the key through their sha256.
+    assert set(keys(on, "1" * 64)).isdisjoint(keys(on, "2" * 64))
+    with pytest.raises(ValueError, match="sha256"):
+        keys(on, None)
 
 
 def test_cli_and_form_give_the_same_manifest_parameters() -> None:
@@ -186,6 +278,9 @@ def test_cli_and_form_give_the_same_manifest_parameters() -> None:
         ({"encoder": {"codec": "av1", "preset": "slow"}}, "does not fit codec av1"),
         ({"encoder": {"codec": "h264", "crf": 60}}, "0-51"),
         ({"model": {"weights_path": "model.bin"}}, ".pth or .safetensors"),
+        ({"faces": {"smoothing": 4}}, "odd number of frames"),
+        ({"faces": {"weights_path": "face.bin"}}, ".pth or .safetensors"),
+        ({"faces": {"model": "realesr-animevideov3"}}, "GFPGANv1.4"),
     ],
 )
 def test_bad_combinations_are_refused_in_words_naming_the_option(

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import av
 import av.error
@@ -50,6 +51,9 @@ from vsrflow.errors import (
     redact_urls,
 )
 from vsrflow.locations import Locations
+
+if TYPE_CHECKING:
+    from vsrflow.faces.processor import FaceProcessor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: The manifest of a folder job, inside the output folder (hidden: never listed as an image).
@@ -83,6 +87,8 @@ class ImageResult:
     bit_depth: int
     #: Size of the published file or object.
     output_bytes: int = 0
+    #: Faces restored (face restoration on; 0 otherwise).
+    faces: int = 0
 
 
 def _pixel_layout(pix_fmt: str) -> tuple[int, bool, bool]:
@@ -133,8 +139,12 @@ def upscale_pixels(
     outscale: float | None = None,
     target_height: int | None = None,
     alpha_mode: AlphaMode = "model",
+    faces: FaceProcessor | None = None,
 ) -> np.ndarray:
-    """Upscale colour (and alpha separately); returns the same channel layout and dtype."""
+    """Upscale colour (and alpha separately); returns the same channel layout and dtype.
+
+    With ``faces``, faces found on the source colour are restored in the upscaled colour
+    (one frame: no smoothing applies) before grey or alpha is put back."""
     pixels = image.pixels
     height, width = pixels.shape[:2]
     out_w, out_h = output_geometry(
@@ -142,6 +152,9 @@ def upscale_pixels(
     )
     colour = pixels[..., :3] if image.channels >= 3 else np.repeat(pixels, 3, axis=2)
     result = upscaler.upscale(colour[None], out_size=(out_h, out_w))[0]
+    if faces is not None:
+        found = faces.plan(faces.detect(colour[None]), scale=(out_w / width, out_h / height))
+        result = faces.apply(result[None], found)[0]
     if image.channels == 1:
         return result.mean(axis=2, keepdims=True).round().astype(pixels.dtype)
     if image.channels == 3:
@@ -315,10 +328,12 @@ def upscale_image_at(
     outscale: float | None = None,
     target_height: int | None = None,
     alpha_mode: AlphaMode = "model",
+    faces: FaceProcessor | None = None,
 ) -> ImageResult:
-    """Read, upscale and publish one image; ``source`` and ``output`` are local paths or
-    s3:// URIs (any mix). The output is written to scratch, checked (it decodes at the
-    expected size) and published atomically (:meth:`Locations.publish`)."""
+    """Read, upscale (restoring faces with ``faces``) and publish one image; ``source`` and
+    ``output`` are local paths or s3:// URIs (any mix). The output is written to scratch,
+    checked (it decodes at the expected size) and published atomically
+    (:meth:`Locations.publish`)."""
     locations = locations or Locations()
     suffix = PurePosixPath(output).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -328,7 +343,12 @@ def upscale_image_at(
     with local_copy(locations, source) as local:
         image = read_image(local, label=source)
     pixels = upscale_pixels(
-        image, upscaler, outscale=outscale, target_height=target_height, alpha_mode=alpha_mode
+        image,
+        upscaler,
+        outscale=outscale,
+        target_height=target_height,
+        alpha_mode=alpha_mode,
+        faces=faces,
     )
     size = (int(pixels.shape[1]), int(pixels.shape[0]))
     with locations.scratch_for(output) as staged:
@@ -345,6 +365,7 @@ def upscale_image_at(
         channels=int(pixels.shape[2]),
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
         output_bytes=output_bytes,
+        faces=faces.stats.faces if faces is not None else 0,
     )
 
 

@@ -12,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from vsrflow.engine import EngineSettings, output_geometry
+from vsrflow.faces.job import FaceJob
 from vsrflow.media.alpha import AlphaOutcome, alpha_outcome, describe_outcome
+from vsrflow.media.carry import Handling, plan_carry, square_pixel_size
 from vsrflow.media.codecs import get_codec
 from vsrflow.media.deinterlace import CYCLE as PULLDOWN_CYCLE
 from vsrflow.media.deinterlace import Decision, choose, with_outputs
@@ -34,10 +36,14 @@ class UpscaleJob:
     device: str = "auto"
     engine: EngineSettings = field(default_factory=EngineSettings)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    #: Anamorphic sources: resample to square pixels of the same DAR (else keep the SAR).
+    square_pixels: bool = False
     alpha_mode: str = "model"
     #: ``settings.deinterlace``: auto/off/a filter, and field or frame rate.
     deinterlace: str = "auto"
     deinterlace_rate: str = "field"
+    #: Face restoration after upscaling; None when off (``settings.faces.enhance``).
+    faces: FaceJob | None = None
 
     @classmethod
     def from_settings(cls, settings: UpscaleSettings) -> UpscaleJob:
@@ -47,11 +53,13 @@ class UpscaleJob:
             denoise_strength=settings.model.denoise_strength,
             outscale=settings.size.outscale_or_none,
             target_height=settings.size.target_height_or_none,
+            square_pixels=settings.size.square_pixels,
             engine=settings.engine.engine(),
             encoder=settings.encoder.encoder(),
             alpha_mode=settings.alpha_mode,
             deinterlace=settings.deinterlace.mode,
             deinterlace_rate=settings.deinterlace.rate,
+            faces=settings.faces.job(),
         )
 
 
@@ -69,6 +77,9 @@ class JobPlan:
     present_chunks: frozenset[int] = frozenset()
     #: What was decided about the source's fields (:mod:`vsrflow.media.deinterlace`).
     interlace: Decision | None = None
+    #: The source's archive properties (SAR, HDR, captions, timecode, chroma) and what the
+    #: job does with each (:func:`vsrflow.media.carry.plan_carry`).
+    properties: tuple[Handling, ...] = ()
 
     @property
     def frame_count(self) -> int:
@@ -114,6 +125,10 @@ class JobPlan:
         """The same in words, for the manifest and logs."""
         return describe_outcome(self.video.alpha, self.video.alpha_upscale)
 
+    def properties_description(self) -> list[dict[str, str]]:
+        """The archive properties and what was done about them (manifest, summary)."""
+        return [p.as_dict() for p in self.properties]
+
 
 def make_plan(
     info: MediaInfo,
@@ -123,14 +138,17 @@ def make_plan(
     model_scale: int,
     source_sha256: str,
     settings_identity: dict[str, object] | None = None,
+    face_weights_sha256: str | None = None,
     frames_per_batch: int | None = None,
     seconds_per_batch: float | None = None,
+    max_batches: int | None = None,
 ) -> JobPlan:
     """Derive output geometry and batches; the settings identity keys every batch's cache.
 
     ``settings_identity`` is :meth:`UpscaleSettings.output_identity` of the settings the job
     was made from; the resolved weights hash, output size and encoder options are added here
-    (what the settings' "auto" values resolved to on this version).
+    (what the settings' "auto" values resolved to on this version), and with
+    ``job.faces`` the face restorer's resolved sha256 ``face_weights_sha256``.
 
     A source with alpha is kept, flattened or dropped as ``job.encoder.alpha`` says; a
     ``ValueError`` (one line) when the chosen codec cannot keep it."""
@@ -151,6 +169,27 @@ def make_plan(
         target_height=job.target_height,
         even=get_codec(job.encoder.codec).needs_even_size,
     )
+    sar = video.sample_aspect_ratio
+    if job.square_pixels and sar is not None and sar != 1:
+        out_size = square_pixel_size(
+            out_size[1],
+            video.display_aspect_ratio,
+            even=get_codec(job.encoder.codec).needs_even_size,
+        )
+    carry, properties = plan_carry(
+        label=info.path,
+        codec=job.encoder.codec,
+        width=video.width,
+        height=video.height,
+        sar=sar,
+        pix_fmt=video.pix_fmt,
+        hdr=video.hdr,
+        captions=video.captions,
+        timecode=video.timecode,
+        out_size=out_size,
+        square_pixels=job.square_pixels,
+        alpha_kept=alpha == "keep",
+    )
     # Refused here, before any batch starts, rather than in the first batch.
     check_output_size(video.height * model_scale, video.width * model_scale)
     check_output_size(out_size[1], out_size[0])
@@ -162,6 +201,10 @@ def make_plan(
         "encoder": job.encoder.identity(),
         "settings": settings_identity or {},
     }
+    if job.faces is not None:  # absent when off: runs without faces keep their batch keys
+        if not face_weights_sha256:
+            raise ValueError("face restoration is on: pass the restorer's resolved sha256")
+        identity["faces"] = {"weights": face_weights_sha256}
     if alpha:
         identity["alpha"] = [alpha, job.alpha_mode if alpha == "keep" else ""]
     interlace = choose(
@@ -182,14 +225,18 @@ def make_plan(
                 video,
                 frames_per_batch=frames_per_batch,
                 seconds_per_batch=seconds_per_batch,
+                max_batches=max_batches,
             )
             frames_per_batch = -(-size // PULLDOWN_CYCLE) * PULLDOWN_CYCLE
+    if carry.identity():  # absent for a plain source: its batch keys stay as they were
+        identity["carry"] = carry.identity()
     batches = plan_batches(
         video,
         source_id=source_sha256,
         settings_identity=identity,
         frames_per_batch=frames_per_batch,
         seconds_per_batch=seconds_per_batch,
+        max_batches=max_batches,
     )
     if deinterlace is not None:
         batches = with_outputs(deinterlace, video.pts, batches)
@@ -197,6 +244,7 @@ def make_plan(
         video.params(info.path),
         alpha=alpha,
         alpha_upscale=job.alpha_mode,
+        carry=carry,
         deinterlace=deinterlace,
     )
     return JobPlan(
@@ -206,6 +254,7 @@ def make_plan(
         source_sha256=source_sha256,
         batches=tuple(batches),
         interlace=interlace,
+        properties=properties,
     )
 
 
@@ -216,4 +265,9 @@ def _check_deinterlace_fits(info: MediaInfo, alpha: AlphaOutcome, job: UpscaleJo
         raise ValueError(
             f"{info.path} has an alpha channel and is deinterlaced: alpha cannot be "
             "deinterlaced yet; use --alpha drop or --deinterlace off"
+        )
+    if job.faces is not None:
+        raise ValueError(
+            f"{info.path} is deinterlaced, and face restoration follows source frames: "
+            "use --deinterlace off or leave face restoration off"
         )

@@ -14,6 +14,12 @@ only the batch's own outputs go on, with the output pts the plan gave them
 A source with alpha (``video.alpha``, decided at planning): "keep" decodes the alpha plane with
 each frame, upscales it separately (model or bicubic, as for images) and encodes it with the
 colour; "flatten" composites colour over black before the model; "drop" ignores it.
+
+Faces (``faces``, a :class:`vsrflow.faces.processor.FaceProcessor`, when face restoration is
+on): before the stages start, the batch's source frames and a few context frames on each side
+are decoded once more and searched for faces (:func:`vsrflow.faces.step.plan_batch_faces`);
+each upscaled micro-batch then has its faces restored, all in one forward pass, before it goes
+to the encoder. Pixels outside the faces' blend masks keep the SR model's bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +44,9 @@ from vsrflow.media.deinterlace import filtered_frames
 from vsrflow.media.encode import ChunkEncoder, EncoderSettings
 from vsrflow.media.probe import VideoParams
 from vsrflow.plan import Batch
+
+if TYPE_CHECKING:
+    from vsrflow.faces.processor import FaceProcessor
 
 #: Micro-batches buffered between stages (per queue). Two keep every stage busy.
 QUEUE_DEPTH = 2
@@ -63,6 +72,12 @@ class BatchResult:
     #: Size of the stored chunk, recorded with the cache record so a reuse can check it
     #: (0: not recorded, e.g. a record of an older version).
     chunk_bytes: int = 0
+    #: Face restoration (0 when off): frames with a restored face, faces restored, width in
+    #: output pixels of the largest one, and where its before/after crop PNG was written.
+    face_frames: int = 0
+    faces: int = 0
+    face_largest: float = 0.0
+    face_sample: str = ""
 
 
 class _Worker(threading.Thread):
@@ -133,8 +148,13 @@ def upscale_batch(
     encoder: EncoderSettings,
     out_size: tuple[int, int],
     progress: ProgressCallback | None = None,
+    faces: FaceProcessor | None = None,
+    face_sample: str | Path | None = None,
 ) -> BatchResult:
-    """Decode ``batch`` of ``video``, upscale to ``out_size`` (width, height), encode the chunk."""
+    """Decode ``batch`` of ``video``, upscale to ``out_size`` (width, height), encode the chunk.
+
+    With ``faces``, restore the faces of every frame after upscaling; the before/after crop of
+    the largest face is written to ``face_sample`` (if given and a face was restored)."""
     started = time.perf_counter()
     colour = video.colour
     chunk_path = Path(chunk_path)
@@ -147,12 +167,26 @@ def upscale_batch(
     to_encoder: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
 
     keep_alpha = video.alpha == "keep"
+    planned_faces: list[Any] = []
+    if faces is not None:
+        from vsrflow.faces.step import plan_batch_faces
+
+        def as_model_sees(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+            return flatten_over_black(rgb, alpha) if video.alpha == "flatten" else rgb
+
+        planned_faces = plan_batch_faces(
+            faces, video, batch.start_pts, batch.end_pts, out_size, prepare=as_model_sees
+        )
 
     def micro_batch(frames: list[np.ndarray], alphas: list[np.ndarray], stamps: list[int]) -> Any:
         rgb = np.stack(frames)
         if video.alpha == "flatten":
             return flatten_over_black(rgb, np.stack(alphas)), None, stamps
         return rgb, (np.stack(alphas) if keep_alpha else None), stamps
+
+    # Side data (A/53 captions) of each source frame, by pts, for the encoder
+    # (``video.carry.frame_side_data``): written by the decoder before the frame is queued.
+    carriers: dict[int, Any] = {}
 
     def decode() -> None:
         frames: list[np.ndarray] = []
@@ -170,9 +204,12 @@ def upscale_batch(
                 bit_depth=video.bit_depth,
                 alpha=video.decodes_alpha,
                 decoder=video.alpha_decoder if video.decodes_alpha else None,
+                side_data=video.carry.frame_side_data,
             )
         )
         for frame in source:
+            if frame.carrier is not None:
+                carriers[frame.pts] = frame.carrier
             frames.append(frame.rgb)
             if frame.alpha is not None:
                 alphas.append(frame.alpha)
@@ -196,15 +233,17 @@ def upscale_batch(
         colour=colour,
         display_matrix=video.display_matrix,
         alpha=keep_alpha,
+        carry=video.carry,
     ) as chunk:
 
         def encode() -> None:
             for upscaled, alpha_up, stamps in _drain(to_encoder, stop):
                 for i, (rgb, pts) in enumerate(zip(upscaled, stamps, strict=True)):
+                    carrier = carriers.pop(pts, None)
                     if alpha_up is None:
-                        chunk.write(rgb, pts)
+                        chunk.write(rgb, pts, carrier=carrier)
                     else:
-                        chunk.write(rgb, pts, alpha_up[i])
+                        chunk.write(rgb, pts, alpha_up[i], carrier=carrier)
                 if progress is not None:
                     progress(len(stamps))
 
@@ -213,12 +252,19 @@ def upscale_batch(
         decoder.start()
         writer.start()
         model_seconds = 0.0
+        restored = 0
         try:
             for frames, alphas, stamps in _drain(to_model, stop):
                 if writer.error is not None:
                     break
                 t0 = time.perf_counter()
                 upscaled = upscaler.upscale(frames, out_size=(out_h, out_w))
+                if faces is not None:
+                    count = upscaled.shape[0]
+                    found = planned_faces[restored : restored + count]
+                    found += [[]] * (count - len(found))  # a short decode fails below
+                    upscaled = faces.apply(upscaled, found)
+                    restored += count
                 alpha_up = None
                 if alphas is not None:
                     alpha_up = upscale_alpha(alphas, upscaler, (out_h, out_w), video.alpha_upscale)
@@ -243,6 +289,15 @@ def upscale_batch(
             f"(pts {batch.start_pts}..{batch.end_pts}); the source does not decode cleanly"
         )
     os.replace(tmp, chunk_path)
+    sample_written = ""
+    stats = faces.stats if faces is not None else None
+    if stats is not None and stats.sample is not None and face_sample is not None:
+        from vsrflow.faces.step import sample_png
+
+        Path(face_sample).write_bytes(
+            sample_png(stats.sample, restorer_label=faces.restorer.model.name)  # type: ignore[union-attr]
+        )
+        sample_written = str(face_sample)
     return BatchResult(
         index=batch.index,
         key=batch.key,
@@ -254,4 +309,10 @@ def upscale_batch(
         device=str(upscaler.device),
         host=os.uname().nodename,
         slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        face_frames=stats.frames_with_faces if stats is not None else 0,
+        faces=stats.faces if stats is not None else 0,
+        face_largest=(
+            round(stats.sample.detection.width, 2) if stats and stats.sample is not None else 0.0
+        ),
+        face_sample=sample_written,
     )

@@ -31,6 +31,31 @@ class MediaSide:
 
 
 @dataclass(frozen=True)
+class FaceSummary:
+    """Face restoration in one run: what was found and where the face crop image is."""
+
+    restorer: str
+    frames: int
+    frames_with_faces: int
+    faces: int
+    #: ``<output>.face.png``: the largest restored face, upscaled vs restored (None: no face).
+    crop: str | None = None
+
+    def manifest(self) -> dict[str, object]:
+        return {
+            "restorer": self.restorer,
+            "frames_with_faces": self.frames_with_faces,
+            "faces": self.faces,
+            "crop": self.crop,
+        }
+
+
+def face_crop_location(output_location: str) -> str:
+    """The face before/after crop sits beside its output: ``<output>.face.png``."""
+    return output_location + ".face.png"
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """Everything the summary artifact says about one run."""
 
@@ -52,6 +77,8 @@ class RunSummary:
     #: warning (a deinterlacer forced on a progressive source...): vsrflow.media.deinterlace.
     interlace: str = ""
     interlace_warnings: tuple[str, ...] = ()
+    #: Face restoration (None when it was off).
+    faces: FaceSummary | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -182,8 +209,11 @@ def render_summary(
     output_link: str | None = None,
     link_expires_h: float | None = None,
     comparison: ComparisonNote | None = None,
+    face_crop_src: str | None = None,
 ) -> str:
     """The summary artifact as markdown.
+
+    ``face_crop_src``: a URL (data: URI or presigned) showing the face crop image, if any.
 
     ``output_link`` is a URL for the output (an s3:// output's presigned GET URL, valid
     ``link_expires_h`` hours); without one the output's location (a local path) is shown.
@@ -239,6 +269,8 @@ def render_summary(
         shown = ", ".join(_code(w) for w in summary.workers[:20])
         more = f" and {len(summary.workers) - 20} more" if len(summary.workers) > 20 else ""
         lines += [f"**Workers:** {shown}{more}", ""]
+    if summary.faces is not None:
+        lines += _face_lines(summary.faces, face_crop_src)
     if comparison is not None:
         lines += ["## Before / after", ""]
         if comparison.src:
@@ -248,3 +280,19 @@ def render_summary(
             lines[-1] += f" Image: {_code(comparison.location)}"
         lines.append("")
     return "\n".join(lines)
+
+
+def _face_lines(faces: FaceSummary, src: str | None) -> list[str]:
+    lines = [
+        "## Faces",
+        "",
+        f"Face restoration with {_code(faces.restorer)}: **{faces.faces}** faces restored in "
+        f"**{faces.frames_with_faces}** of {faces.frames} frames.",
+        "",
+    ]
+    if faces.crop is None:
+        return lines
+    if src:
+        lines += [f"![largest face: upscaled (left) vs restored (right)]({src})", ""]
+    lines += [f"Largest face, upscaled (left) and restored (right): {_code(faces.crop)}", ""]
+    return lines

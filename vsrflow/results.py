@@ -28,16 +28,55 @@ def as_json(record: Any) -> Any:
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What the flow keeps of one finished batch: what assembly and the run summary need
+    (the chunk, its frames and bytes, where and how fast it ran), not the task's result,
+    state or future, so the flow's memory per batch stays a few hundred bytes."""
+
+    index: int
+    chunk: str
+    frames: int
+    chunk_bytes: int
+    seconds_model: float
+    host: str
+    slurm_job_id: str | None
+    #: Face restoration (0/"" when off): frames with a restored face, faces restored, width
+    #: of the largest face and its before/after crop beside the chunk (see BatchResult).
+    face_frames: int = 0
+    faces: int = 0
+    face_largest: float = 0.0
+    face_sample: str = ""
+
+    @classmethod
+    def of(cls, result: BatchResult) -> BatchRecord:
+        return cls(
+            result.index,
+            result.chunk,
+            result.frames,
+            result.chunk_bytes,
+            result.seconds_model,
+            result.host,
+            result.slurm_job_id,
+            result.face_frames,
+            result.faces,
+            result.face_largest,
+            result.face_sample,
+        )
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     """The batch stage of one video: results in batch order and how they came about."""
 
-    results: tuple[BatchResult, ...]
+    results: tuple[BatchRecord, ...]
     cached: int
     computed: int
     resubmitted: int
     #: Cached chunks that failed their check and were recomputed ("batch 3: ...").
     bad_chunks: tuple[str, ...] = ()
+    #: The submission window's record (:meth:`vsrflow.window.WindowLog.as_dict`).
+    window: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,11 +101,18 @@ class VideoResult:
     workers: tuple[str, ...]
     seconds: dict[str, float]
     work_dir: str
-    #: Whether the work dir's chunks were removed after publishing.
+    #: Whether the job's files in the work dir (chunks, cache records, progress files) were
+    #: removed after publishing (False with keep_chunks).
     chunks_removed: bool
-    #: What each batch did, in batch order (host, Slurm job, seconds, precision, device).
-    batch_results: tuple[BatchResult, ...] = ()
+    #: What each batch did, in batch order (chunk, frames, host, Slurm job, model seconds).
+    batch_results: tuple[BatchRecord, ...] = ()
     artifacts: dict[str, Any] = field(default_factory=dict)
+    #: The submission window: batches per worker slot, tasks submitted, the most batches in
+    #: flight per slot count (``{"per_slot": 2, "submitted": 6, "peaks": {"2": 4}}``).
+    window: dict[str, Any] = field(default_factory=dict)
+    #: Peak resident memory of the process that ran the flow (MB, ``ru_maxrss``): with
+    #: bounded submission it depends on the cluster's size, not on the video's length.
+    flow_peak_rss_mb: float = 0.0
 
 
 class ImageStatus(enum.Enum):

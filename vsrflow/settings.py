@@ -23,14 +23,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 
 from vsrflow.engine_settings import ENGINE_DEFAULTS, EngineSettings
+from vsrflow.faces.job import FaceJob
+from vsrflow.faces.registry import DEFAULT_DETECTOR, list_detectors
 from vsrflow.media.codecs import CODEC_PRESETS
 from vsrflow.media.deinterlace import MODES as DEINTERLACE_MODES
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.models.registry import ContentPreset, list_specs, model_for_content
+from vsrflow.plan import DEFAULT_MAX_BATCHES
 
 #: Registry names, in registry order: the model dropdown.
 REGISTRY_NAMES: tuple[str, ...] = tuple(spec.name for spec in list_specs())
 RegistryModel = Literal[REGISTRY_NAMES]  # type: ignore[valid-type]
+#: Face restorers in the registry (purpose "face"): the face model dropdown.
+FACE_MODEL_NAMES: tuple[str, ...] = tuple(spec.name for spec in list_specs("face"))
+FaceModelName = Literal[FACE_MODEL_NAMES]  # type: ignore[valid-type]
+DEFAULT_FACE_MODEL = "GFPGANv1.4"
+FaceDetectorName = Literal[tuple(d.name for d in list_detectors())]  # type: ignore[valid-type]
 
 #: The default for live action (most archives): the fastest registry model made for real
 #: footage, chosen by measurement (docs/model-choice/README.md). ``anime`` is a preset away.
@@ -158,6 +166,15 @@ class SizeSettings(_Group):
         "--target-height",
         ge=0,
         le=8640,
+    )
+    square_pixels: bool = _field(
+        False,
+        "Anamorphic sources (DVD, SD broadcast: pixels that are not square): resample the "
+        "upscaled picture to square pixels with the same display aspect ratio (even sizes, "
+        "the height kept). Off: the output keeps non-square pixels and says so in its sample "
+        "aspect ratio, so it displays exactly like the source.",
+        Affects.VALUE,
+        "--square-pixels",
     )
 
     @model_validator(mode="after")
@@ -341,9 +358,22 @@ class BatchOptions(_Group):
     )
     frames: int = _field(
         0,
-        "Frames per batch instead of seconds (0 = use seconds).",
+        "Frames per batch instead of seconds (0 = use seconds). Taken exactly: the batch "
+        "limit below does not apply.",
         Affects.NOTHING,
         "--batch-frames",
+        ge=0,
+        le=1_000_000,
+    )
+    max_batches: int = _field(
+        DEFAULT_MAX_BATCHES,
+        f"Most batches one video is cut into when batches are given in seconds (0 = no "
+        f"limit; default {DEFAULT_MAX_BATCHES}). Longer videos get longer batches instead of "
+        f"more of them (a 2-hour film: {DEFAULT_MAX_BATCHES} batches of 24 s), which keeps "
+        "the Prefect server and the flow light; videos up to "
+        f"{DEFAULT_MAX_BATCHES} x the batch seconds are not affected.",
+        Affects.NOTHING,
+        "--max-batches",
         ge=0,
         le=1_000_000,
     )
@@ -351,6 +381,16 @@ class BatchOptions(_Group):
     @property
     def frames_or_none(self) -> int | None:
         return self.frames or None
+
+    @property
+    def max_batches_or_none(self) -> int | None:
+        return self.max_batches or None
+
+
+def _face_model_dropdown(schema: dict[str, Any]) -> None:
+    """A dropdown even while the registry holds a single face restorer (pydantic writes a
+    one-value Literal as ``const``, which the form would show as a fixed text)."""
+    schema["properties"]["model"]["enum"] = list(FACE_MODEL_NAMES)
 
 
 class DeinterlaceOptions(_Group):
@@ -382,6 +422,101 @@ class DeinterlaceOptions(_Group):
         return self == DeinterlaceOptions()
 
 
+class FaceOptions(_Group):
+    """Face restoration after upscaling (off by default)."""
+
+    model_config = ConfigDict(title="Faces", json_schema_extra=_face_model_dropdown)
+
+    enhance: bool = _field(
+        False,
+        "Restore faces after upscaling (GFPGAN): faces are found on the source frames, kept "
+        "steady from frame to frame, restored and blended into the upscaled picture; the "
+        "rest of the picture is the upscaling model's. For real footage with people.",
+        Affects.VALUE,
+        "--face-enhance",
+    )
+    strength: float = _field(
+        1.0,
+        "How much of the restored face replaces the upscaled one (0-1): 1 = the restorer's "
+        "face inside a soft mask, 0.5 = half and half, 0 = no change.",
+        Affects.VALUE,
+        "--face-strength",
+        ge=0.0,
+        le=1.0,
+    )
+    model: FaceModelName = _field(  # type: ignore[valid-type]
+        DEFAULT_FACE_MODEL,
+        "Face restorer. GFPGANv1.4: the official release, downloaded once and checked "
+        "against its published sha256.",
+        Affects.WEIGHTS,
+        "--face-model",
+    )
+    weights_path: str = _field(
+        "",
+        "Your own face restorer weights instead of the model above: a GFPGAN or "
+        "RestoreFormer .pth or .safetensors file on the machines that run the job. Leave "
+        "empty to use the model above.",
+        Affects.WEIGHTS,
+        "--face-weights",
+        max_length=4096,
+    )
+    detector: FaceDetectorName = _field(  # type: ignore[valid-type]
+        DEFAULT_DETECTOR,
+        "Face detector (BlazeFace). blazeface-back: faces down to about 5 % of the picture "
+        "(default). blazeface-front: close-ups only (faces over about 20 %), a little faster.",
+        Affects.VALUE,
+        "--face-detector",
+    )
+    smoothing: int = _field(
+        5,
+        "Frames over which face positions are averaged (odd, 1-15; 1 = none). Steadies the "
+        "restored faces: 5 frames cut landmark jitter by 75 % (measured).",
+        Affects.VALUE,
+        "--face-smoothing",
+        ge=1,
+        le=15,
+    )
+    faces_per_pass: int = _field(
+        8,
+        "Faces restored per pass through the face model (1-64): more uses more memory. Does "
+        "not change the output.",
+        Affects.NOTHING,
+        "--faces-per-pass",
+        ge=1,
+        le=64,
+    )
+
+    @field_validator("weights_path")
+    @classmethod
+    def _face_weights_file(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.lower().endswith(WEIGHT_SUFFIXES):
+            raise ValueError(
+                f"face weights_path {value!r} must be a {' or '.join(WEIGHT_SUFFIXES)} file "
+                "(or empty to use the face model from the list)"
+            )
+        return value
+
+    @field_validator("smoothing")
+    @classmethod
+    def _odd_window(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"smoothing must be an odd number of frames (got {value})")
+        return value
+
+    def job(self) -> FaceJob | None:
+        """What workers need, or None when face restoration is off."""
+        if not self.enhance:
+            return None
+        return FaceJob(
+            model=self.weights_path or self.model,
+            detector=self.detector,
+            strength=self.strength,
+            window=self.smoothing,
+            faces_per_pass=self.faces_per_pass,
+        )
+
+
 class UpscaleSettings(_Group):
     """Everything that decides the output of an upscale, grouped as the form shows it."""
 
@@ -409,6 +544,10 @@ class UpscaleSettings(_Group):
         default_factory=DeinterlaceOptions,
         description="Interlaced and telecined sources: deinterlacing or inverse telecine "
         "before the model, chosen from the pixels.",
+    )
+    faces: FaceOptions = Field(
+        default_factory=FaceOptions,
+        description="Face restoration after upscaling (off unless enabled).",
     )
     alpha_mode: AlphaMode = _field(
         "model",
@@ -452,11 +591,15 @@ class UpscaleSettings(_Group):
         }
 
     def _switched_off(self, name: str) -> bool:
-        """Deinterlacing at its defaults (auto, field rate) cannot be told apart from runs made
-        before the option existed, so it stays out of the cache identity and the archive
-        check: the plan keys what auto resolved to for the source (nothing for a progressive
-        one, which so keeps its batch keys; the filter, parity and rate otherwise)."""
-        return name.startswith("deinterlace.") and self.deinterlace.at_defaults
+        """A setting of a group that is switched off (faces without ``faces.enhance``) cannot
+        change an output byte, so it stays out of the cache identity and the archive check:
+        runs without the option keep the batch keys and up-to-date outputs they had before
+        the group existed. Deinterlacing at its defaults (auto, field rate) is left out the
+        same way: the plan keys what auto resolved to for the source (nothing for a
+        progressive one, which so keeps its keys; the filter, parity and rate otherwise)."""
+        return (name.startswith("faces.") and not self.faces.enhance) or (
+            name.startswith("deinterlace.") and self.deinterlace.at_defaults
+        )
 
     def _leaves(self) -> list[tuple[str, Any, Affects]]:
         out = []
@@ -516,6 +659,7 @@ __all__ = [
     "DeinterlaceOptions",
     "EncoderOptions",
     "EngineOptions",
+    "FaceOptions",
     "ModelSettings",
     "SizeSettings",
     "UpscaleSettings",

@@ -37,6 +37,7 @@ from vsrflow.media.alpha import (
     pix_fmt_has_alpha,
     stream_has_alpha,
 )
+from vsrflow.media.carry import is_timecode_track, timecode_of
 from vsrflow.media.codecs import (
     CONTAINER_BY_EXTENSION,
     MATROSKA_MUXERS,
@@ -132,8 +133,13 @@ def check_output_compatible(
 
 def _copyable(stream: av.stream.Stream) -> bool:
     """Copied from the source: audio, subtitles, data; not the mp4 chapter text track, which
-    the demuxer discards and the muxer rewrites from the chapters."""
-    return stream.type in COPIED_KINDS and stream.discard != Discard.all
+    the demuxer discards and the muxer rewrites from the chapters, nor a tmcd timecode track,
+    which the mov/mp4 muxer writes from the video's ``timecode`` tag."""
+    return (
+        stream.type in COPIED_KINDS
+        and stream.discard != Discard.all
+        and not is_timecode_track(stream)
+    )
 
 
 def _timed_packets(
@@ -177,6 +183,10 @@ def _remux(
     ):
         out_video = out.add_stream_from_template(first.streams.video[0])
         _copy_stream_tags(src.streams[info.video.index], out_video)
+        if info.video.timecode and info.video.average_rate:
+            # The mov/mp4 muxer writes the tmcd track from the timecode tag at the stream's
+            # frame rate, which a template stream lacks (it would take 1/time_base).
+            out_video.codec_context.framerate = info.video.average_rate
         first_cc = first.streams.video[0].codec_context
         if first_cc.name == "prores":
             # PyAV's template clears the tag and the muxers then write the first ProRes tag
@@ -278,6 +288,13 @@ def verify_output(
         tagged = alpha_tagged(video.metadata) or alpha_tagged(out.metadata)
         copied = sum(1 for s in out.streams if _copyable(s))
         duration = float(out.duration / av.time_base) if out.duration else 0.0
+        timecode = timecode_of(
+            video.metadata, out.metadata, [s.metadata for s in out.streams if s.type == "data"]
+        )
+    if info.video.timecode and timecode != info.video.timecode:
+        raise AssemblyError(
+            f"{path}: the source's timecode {info.video.timecode} became {timecode or 'none'}"
+        )
     if tagged and not has_alpha:
         raise AssemblyError(f"{path}: the video is tagged as having alpha but has none")
     if side_alpha and not tagged:

@@ -491,3 +491,10 @@ def plan_carry(
         frame_side_data=captions and preset.encoder in ("libx264", "libx265"),
     )
     return carry, tuple(notes)
+
+
+def is_timecode_track(stream: av.stream.Stream) -> bool:
+    """A mov/mp4 tmcd track: it holds the start timecode, which probe reads as the video's
+    ``timecode`` tag and the mov/mp4 muxer writes again from that tag, so it is not copied
+    as a stream of its own (FFmpeg cannot copy it into another container anyway)."""
+    return stream.type == "data" and any(k.lower() == "timecode" for k in stream.metadata)

@@ -42,6 +42,7 @@ from vsrflow.media.carry import (
     chroma_of,
     display_aspect,
     hdr_transfer,
+    is_timecode_track,
     read_frame_side_data,
     timecode_of,
 )
@@ -359,8 +360,11 @@ def probe(
             )
         # Streams the demuxer discards itself (the text track an mp4 keeps its chapters in)
         # hold nothing to copy; their content is in ``chapters`` below.
+        # A tmcd track is the video's timecode (``VideoInfo.timecode``), written again from it.
         others = [
-            s for s in container.streams if s.index != vstream.index and s.discard != Discard.all
+            s
+            for s in container.streams
+            if s.index != vstream.index and s.discard != Discard.all and not is_timecode_track(s)
         ]
         packet_counts = dict.fromkeys((s.index for s in others), 0)
         pts: list[int] = []
@@ -375,7 +379,8 @@ def probe(
                     continue
                 data_end = max(data_end, (packet.pos or 0) + packet.size)
                 if packet.stream.index != vstream.index:
-                    packet_counts[packet.stream.index] += 1
+                    if packet.stream.index in packet_counts:
+                        packet_counts[packet.stream.index] += 1
                     continue
                 if packet.is_discard:
                     continue
