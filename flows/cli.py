@@ -116,10 +116,13 @@ def _watch_progress(run_name: str, work_dir: str, output: str, done: threading.E
     from tqdm import tqdm
 
     from tasks.artifacts import read_progress_artifact
-    from vsrflow.progress import read_progress
+    from vsrflow.progress import Snapshot, read_progress
 
     local = "://" not in work_dir
     bar = tqdm(total=None, unit="batch", desc="starting", dynamic_ncols=True)
+    # The flow removes the progress files with the rest of a published job's work dir, so
+    # the last frames seen are kept (and complete once every batch is done).
+    last_frames: list[Snapshot] = []
 
     def refresh(client: Any) -> None:
         try:
@@ -133,6 +136,10 @@ def _watch_progress(run_name: str, work_dir: str, output: str, done: threading.E
             bar.set_description("upscaling")
         postfix: dict[str, Any] = {"cached": counts.cached, "computed": counts.computed}
         frames = read_progress(work_dir, output) if local else None
+        if frames is not None:
+            last_frames[:] = [frames]
+        elif last_frames and counts.done == counts.total:
+            frames = Snapshot(done=last_frames[0].total, total=last_frames[0].total)
         if frames is not None:
             postfix["frames"] = f"{frames.done}/{frames.total}"
         bar.set_postfix(postfix, refresh=False)

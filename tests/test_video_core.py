@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import av
 import media_fixtures as mf
@@ -280,9 +281,11 @@ def test_colour_tags_and_bit_depth(name: str, run_of: Callable[[str], Run]) -> N
     if name == "tenbit_clip":
         pix_fmt, tags = "yuv420p10le", ColourInfo(range=1, primaries=1, transfer=1, matrix=1)
     else:
-        # Untagged SD sources: BT.601 (smpte170m) limited range, written explicitly.
+        # Untagged SD sources: BT.601 (smpte170m) limited range, written explicitly; the
+        # odd-size clip is 4:4:4 and keeps it (x264 High 4:4:4, issue 10: chroma kept).
         assert run.info.video.colour == ColourInfo(range=0, primaries=2, transfer=2, matrix=2)
-        pix_fmt, tags = "yuv420p", ColourInfo(range=1, primaries=6, transfer=6, matrix=6)
+        pix_fmt = "yuv444p" if name == "odd_size_clip" else "yuv420p"
+        tags = ColourInfo(range=1, primaries=6, transfer=6, matrix=6)
     assert resolved == tags
     with av.open(str(run.output)) as container:
         cc = container.streams.video[0].codec_context
@@ -566,7 +569,7 @@ def test_encoder_failure_is_raised(
     """The encoder dies while the model fills its queue: the error comes back, no deadlock."""
     run = run_of("no_audio_clip")
 
-    def broken_write(self: object, rgb: np.ndarray, pts: int) -> None:
+    def broken_write(self: object, rgb: np.ndarray, pts: int, *args: Any, **kwargs: Any) -> None:
         time.sleep(0.5)  # the model meanwhile fills the queue to the encoder
         raise RuntimeError("injected: encoder failed")
 
