@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pytest
 
+# A test's CLI run without PREFECT_API_URL starts a background Prefect server in its own
+# PREFECT_HOME (vsrflow.background_server): it stops itself after this many idle minutes.
+os.environ.setdefault("VSRFLOW_SERVER_IDLE_MINUTES", "2")
 _PREFECT_HOME_CREATED: str | None = None
 if "PREFECT_HOME" not in os.environ:
     _PREFECT_HOME_CREATED = tempfile.mkdtemp(prefix="vsrflow-test-prefect-home-")

@@ -504,7 +504,7 @@ def test_kill_9_of_the_cli_leaves_no_prefect_server_and_the_next_run_cleans_its_
         "PREFECT_HOME": str(tmp_path / "prefect-home"),  # its own temporary server database
     }
     args = ["upscale", "a.mp4", "-o", "out.mkv", "--work-dir", "w", "--content", "anime"]
-    args += ["--batch-frames", "40", "--no-progress"]
+    args += ["--batch-frames", "40", "--no-progress", "--server", "temporary"]
     without_api = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     cli = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args],
