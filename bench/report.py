@@ -290,6 +290,30 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
                 f"{sl['speedup_busiest_worker']:.2f}x"
             )
             add("6 slurm", "speedup 2 vs 1 workers: wall / upscale stage / in batches", speedups)
+    st = r.get("startup")
+    if st and "error" not in st:
+        target = st["targets"]
+        imported = st["control_flow_import_s"]
+        add(
+            "9 startup",
+            "control flows: import time (torch/spandrel imported?)",
+            f"{imported:.2f} s ({'yes' if st['control_flow_imports_torch'] else 'no'})",
+            f"<= {target['import_s']} s, no",
+            imported <= target["import_s"] and not st["control_flow_imports_torch"],
+        )
+        for key, label in (
+            ("cli_temporary_server", "CLI wall - upscale stage: temporary server per run"),
+            ("cli_background_first", "same: first run, starts the background server"),
+        ):
+            add("9 startup", label, f"{st[key]['fixed_s']:.1f} s")
+        later = st["cli_background_later"]["fixed_s"]
+        add(
+            "9 startup",
+            "same: a later run, reusing the background server",
+            f"{later:.1f} s",
+            f"<= {target['cli_fixed_s']} s",
+            later <= target["cli_fixed_s"],
+        )
     return rows
 
 

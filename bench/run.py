@@ -24,7 +24,9 @@ loads cannot be compared:
    checking that the ``EngineSettings()`` defaults are the fastest settings within them; and an
    A/B of ``vsrflow.engine.tune_cpu_allocator`` (per process, so in two child processes);
 5. per-task orchestration overhead of Prefect + the local Dask task runner;
-6. 1 vs 2 Slurm workers on the local single-node Slurm (skipped with a reason if unavailable).
+6. 1 vs 2 Slurm workers on the local single-node Slurm (skipped with a reason if unavailable);
+9. start-up: control flow import time (without torch), and the CLI's wall time minus its upscale
+   stage with a temporary Prefect server per run vs the background server it starts once.
 
 The machine may be shared: other processes can take CPU while we measure. Each timed run
 therefore records the share of the machine's CPU used by processes OUTSIDE our process tree
@@ -77,14 +79,17 @@ from bench.sections.orchestration import run_orchestration  # noqa: E402
 from bench.sections.rss import run_rss, worker_rss  # noqa: E402
 from bench.sections.slurm import run_slurm  # noqa: E402
 from bench.sections.speed import run_speed  # noqa: E402
+from bench.sections.startup import run_startup  # noqa: E402
 from bench.sections.sweeps import run_sweeps, worker_compile_cold  # noqa: E402
 
 SECTIONS = (
-    "sweeps", "alloc", "core", "flow", "encoder", "baseline", "rss", "orchestration", "slurm"
+    "sweeps", "alloc", "core", "flow", "encoder", "baseline", "rss", "orchestration", "slurm",
+    "startup",
 )  # fmt: skip
 #: "core" (model / engine / pipeline) and "flow" are timed together, in the same rounds.
 _RUN_ORDER = (
-    "sweeps", "alloc", "speed", "encoder", "baseline", "rss", "orchestration", "slurm"
+    "sweeps", "alloc", "speed", "encoder", "baseline", "rss", "orchestration", "slurm",
+    "startup",
 )  # fmt: skip
 
 
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss": lambda: run_rss(sizes, scratch),
             "orchestration": lambda: run_orchestration(sizes.tasks, scratch),
             "slurm": lambda: run_slurm(clip, sizes.frames, scratch),
+            "startup": lambda: run_startup(warm_clip, scratch),
         }
         for name in _RUN_ORDER:
             keys = ["core", "flow"] if name == "speed" else [name]

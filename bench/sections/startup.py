@@ -1,0 +1,96 @@
+"""Section 9, "startup": what a user waits for besides the model (issue 11 item 3).
+
+- control flows: wall time of ``import flows.archive`` in a fresh interpreter, and whether
+  torch or spandrel came with it (they must not: a watch run lists a bucket every minute);
+- the CLI on a short clip: its wall time minus the flow's upscale stage, with Prefect's
+  per-run temporary server (``--server temporary``), with the background server's first run
+  (it starts the server) and with a later run (it reuses it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, SHARED, WEIGHTS_NAME
+
+#: Targets from issue 11: control flow import, CLI fixed cost after the first run.
+TARGET_IMPORT_S = 1.5
+TARGET_CLI_FIXED_S = 3.0
+
+_IMPORT_PROBE = (
+    "import json, sys, time; t = time.perf_counter(); import flows.archive; "
+    "print(json.dumps({'seconds': time.perf_counter() - t, "
+    "'torch': 'torch' in sys.modules, 'spandrel': 'spandrel' in sys.modules}))"
+)
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "VSRFLOW_SERVER")}
+    env.update(
+        PREFECT_HOME=str(home),
+        VSRFLOW_MODEL_PATH=str(SHARED / "models"),
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+def _cli_run(clip: Path, out: Path, env: dict[str, str], *extra: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "flows.cli", "upscale", str(clip), "-o", str(out)]
+    command += ["--weights", str(SHARED / "models" / WEIGHTS_NAME), "--no-progress", *extra]
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=out.parent, env=env, capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"vsrflow upscale failed: {done.stderr[-2000:]}")
+    stages = json.loads(done.stdout)["seconds"]
+    return {
+        "wall_s": round(wall, 2),
+        "upscale_s": round(stages["upscale"], 2),
+        "fixed_s": round(wall - stages["upscale"], 2),
+    }
+
+
+def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
+    imports = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _IMPORT_PROBE],
+                cwd=REPO,
+                env=_env(scratch / "import-home"),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        for _ in range(3)
+    ]
+    home = scratch / "startup-home"
+    env = _env(home)
+    try:
+        temporary = _cli_run(clip, scratch / "startup-temporary.mp4", env, "--server", "temporary")
+        first = _cli_run(clip, scratch / "startup-first.mp4", env)
+        later = _cli_run(clip, scratch / "startup-later.mp4", env)
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "flows.cli", "server", "stop"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+    return {
+        "control_flow_import_s": round(min(i["seconds"] for i in imports), 3),
+        "control_flow_imports_torch": any(i["torch"] or i["spandrel"] for i in imports),
+        "cli_temporary_server": temporary,
+        "cli_background_first": first,
+        "cli_background_later": later,
+        "targets": {"import_s": TARGET_IMPORT_S, "cli_fixed_s": TARGET_CLI_FIXED_S},
+    }
