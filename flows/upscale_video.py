@@ -167,6 +167,8 @@ def _run_job(
         "workers": list(workers),
         "alpha": plan.alpha_description(),
         "interlace": {**_fields_of(info), **plan.interlace_description()},
+        # Archive properties (SAR, HDR, captions, timecode, chroma) and what was done (issue 10).
+        "properties": plan.properties_description(),
     }
     if faces is not None:
         manifest["faces"] = faces.manifest()
@@ -283,6 +285,7 @@ def _run_summary(
         faces=faces,
         interlace=plan.interlace.description if plan.interlace else "",
         interlace_warnings=plan.interlace.warnings if plan.interlace else (),
+        properties=tuple(plan.properties_description()),
     )
 
 

@@ -171,11 +171,9 @@ def make_plan(
     )
     sar = video.sample_aspect_ratio
     if job.square_pixels and sar is not None and sar != 1:
-        out_size = square_pixel_size(
-            out_size[1],
-            video.display_aspect_ratio,
-            even=get_codec(job.encoder.codec).needs_even_size,
-        )
+        # Always even (issue 10: "even dimensions"): ``CodecPreset.needs_even_size`` reads
+        # a 0x0 VideoFormat and says False for 4:2:0, and libx264 refuses an odd 4:2:0 width.
+        out_size = square_pixel_size(out_size[1], video.display_aspect_ratio, even=True)
     carry, properties = plan_carry(
         label=info.path,
         codec=job.encoder.codec,

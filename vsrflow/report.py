@@ -79,6 +79,10 @@ class RunSummary:
     interlace_warnings: tuple[str, ...] = ()
     #: Face restoration (None when it was off).
     faces: FaceSummary | None = None
+    #: The source's archive properties and what was done about each ({"property", "source",
+    #: "output"}: vsrflow.media.carry.Handling), so a user sees a converted chroma or a
+    #: dropped caption track without opening the file.
+    properties: tuple[dict[str, str], ...] = ()
 
     @property
     def total_seconds(self) -> float:
@@ -265,6 +269,12 @@ def render_summary(
         lines += [f"**Fields:** {summary.interlace}", ""]
     lines += [f"**Warning:** {warning}" for warning in summary.interlace_warnings]
     lines += [""] if summary.interlace_warnings else []
+    if summary.properties:
+        lines += ["## Properties", "", "| property | source | output |", "|---|---|---|"]
+        lines += [
+            f"| {p['property']} | {p['source']} | {p['output']} |" for p in summary.properties
+        ]
+        lines.append("")
     if summary.workers:
         shown = ", ".join(_code(w) for w in summary.workers[:20])
         more = f" and {len(summary.workers) - 20} more" if len(summary.workers) > 20 else ""

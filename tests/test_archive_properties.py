@@ -1,0 +1,278 @@
+"""Archive properties (issue 10, items 3-7): what a master carries besides its pixels reaches the
+output of the real pipeline (probe -> make_plan -> upscale_batch per batch -> assemble), and the
+plan, manifest and summary say what was done with each.
+
+Fixtures are made here with PyAV, tiny (64x48, 8 frames, two batches each), so every run takes
+seconds on a CPU with the real realesr-animevideov3 weights:
+
+* anamorphic sources: x264 with a sample aspect ratio (VUI and mp4 ``pasp``);
+* HDR10: x265 10-bit, BT.2020 / PQ tags, mastering display and MaxCLL/MaxFALL SEI written
+  through ``x265-params``; HLG: the same with the ARIB STD-B67 transfer and no static metadata;
+* A/53 captions: a CEA-608 byte pair per frame, different on every frame, in an H.264 SEI
+  (``user_data_registered_itu_t_t35``, "GA94") put in front of each access unit by hand: PyAV
+  cannot attach side data to a frame it encodes, but the H.264 decoder exports these SEI as
+  ``A53_CC`` frame side data, exactly as it does for a broadcast recording;
+* timecode: the ``timecode`` tag of the video stream, which the mp4/mov muxer writes as a
+  tmcd track and the demuxer reads back as that tag;
+* 4:2:2 10-bit ProRes 422 HQ in mov.
+
+Every assertion reads the OUTPUT file back: frame count and pts, SAR/DAR, side data of the
+decoded frames, colour tags, pixel format, timecode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from av.sidedata.sidedata import Type as SideDataType
+
+from vsrflow.engine import EngineSettings, Upscaler
+from vsrflow.job import JobPlan, UpscaleJob, make_plan
+from vsrflow.media.assemble import assemble, check_output_compatible
+from vsrflow.media.encode import EncoderSettings
+from vsrflow.media.probe import MediaInfo, probe
+from vsrflow.models import LoadedModel, get_model
+from vsrflow.pipeline import upscale_batch
+from vsrflow.plan import chunk_name
+from vsrflow.settings import UpscaleSettings
+
+ENGINE = EngineSettings(precision="auto", micro_batch=3)
+WIDTH, HEIGHT, FRAMES = 64, 48, 8
+#: Frames per batch: two batches per clip, the boundary inside a micro-batch.
+BATCH = 5
+#: x265 master-display of a P3-D65 1000-nit grading display (the HDR10 example of the x265
+#: documentation) and the content light level the fixture declares.
+MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+MAX_CLL = (1000, 400)
+#: AVColorPrimaries / AVColorTransferCharacteristic / AVColorSpace numbers.
+BT2020, PQ, HLG, BT2020NC = 9, 16, 18, 9
+TIMECODE = "01:02:03:04"
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+def _picture(n: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """A moving gradient: every frame differs, smooth enough for the model."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(x * 4 + n * 9) % 256, (y * 5 + n * 3) % 256, ((x + y) * 2) % 256], -1)
+    return rgb.astype(np.uint8)
+
+
+def _odd_parity(byte: int) -> int:
+    return byte | (0x80 if bin(byte).count("1") % 2 == 0 else 0)
+
+
+def caption_of(n: int) -> bytes:
+    """The cc_data triplet of frame ``n``: a valid field-1 CEA-608 pair, unique per frame."""
+    return bytes([0xFC, _odd_parity(0x41 + n), _odd_parity(0x61 + n)])
+
+
+def _a53_sei(cc: bytes) -> bytes:
+    """An Annex B H.264 SEI NAL: user_data_registered_itu_t_t35 (USA, ATSC "GA94", cc_data)
+    with one cc triplet; no emulation prevention needed (no two zero bytes in a row)."""
+    payload = bytes([0xB5, 0x00, 0x31]) + b"GA94" + bytes([0x03, 0x40 | 1, 0xFF]) + cc + b"\xff"
+    return b"\x00\x00\x00\x01" + bytes([0x06, 0x04, len(payload)]) + payload + b"\x80"
+
+
+def make_clip(
+    path: Path,
+    *,
+    encoder: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    sar: Fraction | None = None,
+    options: dict[str, str] | None = None,
+    colour: tuple[int, int, int] | None = None,
+    captions: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """FRAMES frames of :func:`_picture`, 25 fps, with the properties asked for.
+
+    ``colour``: (primaries, transfer, matrix) tags; ``captions``: :func:`caption_of` on each
+    frame (by pts) as A/53 SEI; ``metadata``: video stream tags (``timecode``)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(encoder, rate=25, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
+        cc = stream.codec_context
+        if sar is not None:
+            cc.sample_aspect_ratio = sar
+        if colour is not None:
+            cc.color_primaries, cc.color_trc, cc.colorspace = colour
+            cc.color_range = 1
+        for key, value in (metadata or {}).items():
+            stream.metadata[key] = value
+        for n in range(FRAMES + 1):
+            frame = None
+            if n < FRAMES:
+                frame = av.VideoFrame.from_ndarray(_picture(n), format="rgb24").reformat(
+                    format=pix_fmt
+                )
+                frame.pts = n
+                if colour is not None:
+                    frame.color_primaries, frame.color_trc, frame.colorspace = colour
+                    frame.color_range = 1
+            for packet in stream.encode(frame):
+                if captions:
+                    stamped = av.Packet(_a53_sei(caption_of(int(packet.pts))) + bytes(packet))
+                    stamped.pts, stamped.dts = packet.pts, packet.dts
+                    stamped.time_base = packet.time_base
+                    stamped.is_keyframe = packet.is_keyframe
+                    stamped.stream = stream
+                    packet = stamped
+                out.mux(packet)
+    return path
+
+
+def hdr10_clip(path: Path) -> Path:
+    return make_clip(
+        path,
+        encoder="libx265",
+        pix_fmt="yuv420p10le",
+        colour=(BT2020, PQ, BT2020NC),
+        options={
+            "x265-params": f"log-level=error:hdr10=1:master-display={MASTER_DISPLAY}:"
+            f"max-cll={MAX_CLL[0]},{MAX_CLL[1]}"
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@pytest.fixture(scope="module")
+def model(shared_model: Callable[[str], Path]) -> LoadedModel:
+    return get_model(str(shared_model("realesr-animevideov3.pth")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def upscaler(model: LoadedModel) -> Upscaler:
+    return Upscaler(model.descriptor, settings=ENGINE, device="cpu")
+
+
+def run(
+    source: Path,
+    output: Path,
+    upscaler: Upscaler,
+    model: LoadedModel,
+    *,
+    codec: str = "h264",
+    square_pixels: bool = False,
+) -> tuple[MediaInfo, JobPlan, Path]:
+    """probe -> plan -> every batch -> assemble (assembly verifies the output itself)."""
+    info = probe(source)
+    encoder = EncoderSettings(codec=codec)
+    check_output_compatible(info, output, codec)
+    plan = make_plan(
+        info,
+        UpscaleJob(model="x", engine=ENGINE, encoder=encoder, square_pixels=square_pixels),
+        weights_sha256=model.weights_sha256,
+        model_scale=model.scale,
+        source_sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
+        frames_per_batch=BATCH,
+    )
+    assert len(plan.batches) == 2
+    chunks = [
+        upscale_batch(
+            plan.video,
+            batch,
+            upscaler,
+            output.parent / "chunks" / chunk_name(batch),
+            encoder=encoder,
+            out_size=plan.out_size,
+        ).chunk
+        for batch in plan.batches
+    ]
+    report = assemble(plan.output_media(info), chunks, output)
+    assert report.frames == FRAMES
+    return info, plan, output
+
+
+def stream_facts(path: Path) -> dict[str, object]:
+    """What a player reads from the output's video stream, and every frame's pts."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        frames = list(container.decode(stream))
+        sar = Fraction(cc.sample_aspect_ratio) if cc.sample_aspect_ratio else None
+        return {
+            "size": (cc.width, cc.height),
+            "sar": sar,
+            "dar": Fraction(cc.width, cc.height) * (sar or 1),
+            "pix_fmt": cc.pix_fmt,
+            "codec": cc.name,
+            "colour": (cc.color_primaries, cc.color_trc, cc.colorspace),
+            "times": [Fraction(f.pts) * stream.time_base for f in frames],
+            "captions": {
+                Fraction(f.pts) * stream.time_base: bytes(sd)
+                for f in frames
+                for sd in f.side_data
+                if sd.type == SideDataType.A53_CC
+            },
+            "tags": dict(stream.metadata),
+        }
+
+
+def source_times(path: Path) -> list[Fraction]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [Fraction(f.pts) * stream.time_base for f in container.decode(stream)]
+
+
+def by_name(plan: JobPlan) -> dict[str, dict[str, str]]:
+    return {p["property"]: p for p in plan.properties_description()}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Sample aspect ratio
+
+
+@pytest.mark.parametrize("sar", [Fraction(8, 9), Fraction(32, 27), Fraction(40, 33)])
+def test_anamorphic_keeps_its_display_aspect_ratio(
+    sar: Fraction, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """Default: the upscaled geometry stays anamorphic and the SAR is written, DAR exact."""
+    source = make_clip(tmp_path / "anamorphic.mp4", sar=sar)
+    info, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model)
+    dar = Fraction(WIDTH, HEIGHT) * sar
+    assert info.video.sample_aspect_ratio == sar and info.video.display_aspect_ratio == dar
+    facts = stream_facts(output)
+    assert facts["size"] == (WIDTH * 4, HEIGHT * 4) and facts["sar"] == sar
+    assert facts["dar"] == dar
+    assert facts["times"] == source_times(source)
+    (handled,) = plan.properties_description()
+    assert handled["property"] == "sample aspect ratio"
+    assert handled["output"] == f"SAR {sar.numerator}:{sar.denominator} written " + (
+        f"(DAR {dar.numerator}:{dar.denominator} kept)"
+    )
+    assert probe(output).video.display_aspect_ratio == dar
+
+
+@pytest.mark.parametrize("sar", [Fraction(8, 9), Fraction(32, 27), Fraction(40, 33)])
+def test_square_pixels_resamples_to_the_same_display_aspect_ratio(
+    sar: Fraction, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """``size.square_pixels``: square pixels, height kept, even width; the DAR is the source's
+    to within the rounding of the width to an even number of pixels (one pixel either way)."""
+    source = make_clip(tmp_path / "anamorphic.mp4", sar=sar)
+    _, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model, square_pixels=True)
+    dar = Fraction(WIDTH, HEIGHT) * sar
+    facts = stream_facts(output)
+    width, height = facts["size"]
+    assert height == HEIGHT * 4 and width % 2 == 0 and facts["sar"] in (None, 1)
+    assert abs(Fraction(width, height) - dar) <= Fraction(1, height)
+    assert abs(width - dar * height) <= 1
+    assert facts["times"] == source_times(source)
+    assert "resampled to square pixels" in by_name(plan)["sample aspect ratio"]["output"]
+
+
+def test_square_pixels_setting_reaches_the_job() -> None:
+    settings = UpscaleSettings.model_validate({"size": {"square_pixels": True}})
+    assert UpscaleJob.from_settings(settings).square_pixels
