@@ -342,16 +342,9 @@ def test_fine_progressive_detail_that_fools_idet_stays_progressive(
     """The project's pattern at offsets where idet's single-frame test alone calls frames
     combed (CI: a 12-frame clip came out with 24 frames at field rate); the field-motion
     test (are the two fields from different moments?) says they are not."""
-    import media_fixtures as mf
+    from deploy_support import make_clip  # the archive tests' clips: CI met one there
 
-    path = tmp_path / "pattern.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = mf.WIDTH, mf.HEIGHT, "yuv420p"
-        for i in range(frames):
-            rgb = mf.pattern_rgb(i + offset)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode(None))
+    path = make_clip(tmp_path / "pattern.mp4", offset=offset, frames=frames)
     fields = probe(path).video.fields
     assert fields is not None
     assert fields.single_combed >= 4, f"idet no longer misreads this clip: {fields.describe()}"

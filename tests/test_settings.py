@@ -93,6 +93,21 @@ def _one_choice(path: str) -> bool:
 CHANGEABLE = [p for p, _ in LEAVES if not _one_choice(p)]
 
 
+def _batch_keys(info: Any, settings: UpscaleSettings, face_sha: str | None) -> list[str]:
+    """The batch keys a job with ``settings`` gets for the probed source ``info``."""
+    plan = make_plan(
+        info,
+        UpscaleJob.from_settings(settings),
+        weights_sha256="0" * 64,
+        model_scale=4,
+        source_sha256="sha256:x",
+        settings_identity=settings.output_identity(),
+        face_weights_sha256=face_sha,
+        frames_per_batch=8,
+    )
+    return [b.key for b in plan.batches]
+
+
 def test_every_setting_has_a_description_a_flag_an_effect_and_a_test_value() -> None:
     names = [path for path, _ in LEAVES]
     assert sorted(names) == sorted(OTHER_VALUES), "add the new field to OTHER_VALUES"
@@ -144,17 +159,8 @@ def test_each_setting_reaches_the_cli_the_manifest_the_archive_check_and_the_cac
         info_ = probe(no_audio_clip.path)
 
         def keys(settings: UpscaleSettings) -> set[str]:
-            plan = make_plan(
-                info_,
-                UpscaleJob.from_settings(settings),
-                weights_sha256="0" * 64,
-                model_scale=4,
-                source_sha256="sha256:x",
-                settings_identity=settings.output_identity(),
-                face_weights_sha256="1" * 64 if settings.faces.enhance else None,
-                frames_per_batch=8,
-            )
-            return {b.key for b in plan.batches}
+            face_sha = "1" * 64 if settings.faces.enhance else None
+            return set(_batch_keys(info_, settings, face_sha))
 
         assert keys(changed).isdisjoint(keys(default))
 
@@ -221,17 +227,7 @@ def test_faces_switched_off_keep_the_batch_keys_and_archive_check_of_before(
     info_ = probe(no_audio_clip.path)
 
     def keys(settings: UpscaleSettings, face_sha: str | None = None) -> list[str]:
-        plan = make_plan(
-            info_,
-            UpscaleJob.from_settings(settings),
-            weights_sha256="0" * 64,
-            model_scale=4,
-            source_sha256="sha256:x",
-            settings_identity=settings.output_identity(),
-            face_weights_sha256=face_sha,
-            frames_per_batch=8,
-        )
-        return [b.key for b in plan.batches]
+        return _batch_keys(info_, settings, face_sha)
 
     plain = UpscaleSettings()
     off = settings_from_flat({

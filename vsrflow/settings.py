@@ -94,6 +94,18 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _weights_file_name(value: str, field: str, otherwise: str) -> str:
+    """A weights path must name a file spandrel can read (checked when the form is filled in,
+    not when a worker first opens it); empty means ``otherwise``."""
+    value = value.strip()
+    if value and not value.lower().endswith(WEIGHT_SUFFIXES):
+        raise ValueError(
+            f"{field} {value!r} must be a {' or '.join(WEIGHT_SUFFIXES)} file "
+            f"(or empty to use {otherwise})"
+        )
+    return value
+
+
 class ModelSettings(_Group):
     """Which network upscales the frames."""
 
@@ -130,13 +142,7 @@ class ModelSettings(_Group):
     @field_validator("weights_path")
     @classmethod
     def _weights_file(cls, value: str) -> str:
-        value = value.strip()
-        if value and not value.lower().endswith(WEIGHT_SUFFIXES):
-            raise ValueError(
-                f"weights_path {value!r} must be a {' or '.join(WEIGHT_SUFFIXES)} file "
-                "(or empty to use the model from the list)"
-            )
-        return value
+        return _weights_file_name(value, "weights_path", "the model from the list")
 
     @property
     def reference(self) -> str:
@@ -489,13 +495,7 @@ class FaceOptions(_Group):
     @field_validator("weights_path")
     @classmethod
     def _face_weights_file(cls, value: str) -> str:
-        value = value.strip()
-        if value and not value.lower().endswith(WEIGHT_SUFFIXES):
-            raise ValueError(
-                f"face weights_path {value!r} must be a {' or '.join(WEIGHT_SUFFIXES)} file "
-                "(or empty to use the face model from the list)"
-            )
-        return value
+        return _weights_file_name(value, "face weights_path", "the face model from the list")
 
     @field_validator("smoothing")
     @classmethod
