@@ -35,6 +35,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from vsrflow.engine import EngineSettings, Upscaler
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import assemble, check_output_compatible
+from vsrflow.media.carry import ContentLight, MasteringDisplay, read_frame_side_data
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo, probe
 from vsrflow.models import LoadedModel, get_model
@@ -276,3 +277,167 @@ def test_square_pixels_resamples_to_the_same_display_aspect_ratio(
 def test_square_pixels_setting_reaches_the_job() -> None:
     settings = UpscaleSettings.model_validate({"size": {"square_pixels": True}})
     assert UpscaleJob.from_settings(settings).square_pixels
+
+
+# --------------------------------------------------------------------------------------------
+# 4. HDR
+
+
+def static_metadata(path: Path) -> tuple[MasteringDisplay | None, ContentLight | None, int]:
+    """Mastering display and content light level of the first frames as decoded (the SEI
+    read back), and how many frames were looked at."""
+    side = read_frame_side_data(str(path), 0)
+    with av.open(str(path)) as container:
+        count = sum(1 for _ in container.decode(video=0))
+    return side.mastering, side.light, count
+
+
+@pytest.mark.parametrize("codec", ["hevc", "h264", "av1"])
+def test_hdr10_keeps_tags_ten_bits_and_static_metadata(
+    codec: str, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """HDR10 x265 source: PQ/BT.2020 tags, 10 bits and the mastering display / MaxCLL SEI come
+    out of every encoder that has parameters for them, read back from decoded frames."""
+    source = hdr10_clip(tmp_path / "hdr10.mp4")
+    info, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model, codec=codec)
+    mastering, light, _ = static_metadata(source)
+    assert mastering is not None and light == ContentLight(*MAX_CLL)
+    assert mastering.max_luminance == 1000 and mastering.min_luminance == Fraction(1, 10000)
+    assert info.video.hdr is not None and info.video.hdr.transfer == "pq"
+    assert info.video.hdr.mastering == mastering and info.video.hdr.light == light
+    facts = stream_facts(output)
+    assert facts["pix_fmt"] == "yuv420p10le" and facts["colour"] == (BT2020, PQ, BT2020NC)
+    assert facts["times"] == source_times(source)
+    out_mastering, out_light, _ = static_metadata(output)
+    assert out_light == light
+    if codec == "av1":
+        # AV1's metadata OBU stores xy in 1/65536 and the minimum luminance in 1/16384 cd/m2
+        # (HEVC/H.264 SEI: 1/50000 and 1/10000): equal to within those steps, not exactly.
+        assert out_mastering is not None
+        got = (*out_mastering.red, *out_mastering.green, *out_mastering.blue)
+        want = (*mastering.red, *mastering.green, *mastering.blue)
+        for a, b in zip(got + out_mastering.white, want + mastering.white, strict=True):
+            assert abs(a - b) <= Fraction(1, 65536)
+        assert out_mastering.max_luminance == mastering.max_luminance
+        assert abs(out_mastering.min_luminance - mastering.min_luminance) <= Fraction(1, 16384)
+    else:
+        assert out_mastering == mastering
+        assert probe(output).video.hdr == info.video.hdr
+    hdr = by_name(plan)["HDR"]
+    assert hdr["source"] == "PQ with mastering display and MaxCLL/MaxFALL"
+    assert "static metadata kept" in hdr["output"]
+
+
+def test_hlg_keeps_its_transfer_and_ten_bits(
+    tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    source = make_clip(
+        tmp_path / "hlg.mp4",
+        encoder="libx265",
+        pix_fmt="yuv420p10le",
+        colour=(BT2020, HLG, BT2020NC),
+        options={"x265-params": "log-level=error"},
+    )
+    info, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model, codec="hevc")
+    assert info.video.hdr is not None and info.video.hdr.transfer == "hlg"
+    facts = stream_facts(output)
+    assert facts["pix_fmt"] == "yuv420p10le" and facts["colour"] == (BT2020, HLG, BT2020NC)
+    assert facts["times"] == source_times(source)
+    assert by_name(plan)["HDR"]["output"] == "HLG tags and 10-bit kept"
+    assert probe(output).video.hdr == info.video.hdr
+
+
+def test_hdr_to_an_eight_bit_encoder_is_refused(tmp_path: Path) -> None:
+    """vp9 is 8-bit in this FFmpeg: an HDR source is refused at planning, in one line."""
+    info = probe(hdr10_clip(tmp_path / "hdr10.mp4"))
+    job = UpscaleJob(model="x", encoder=EncoderSettings(codec="vp9"))
+    with pytest.raises(ValueError, match="is HDR \\(PQ\\) and --codec vp9") as refused:
+        make_plan(info, job, weights_sha256="0" * 64, model_scale=4, source_sha256="0")
+    assert "\n" not in str(refused.value) and "use --codec h264, hevc, av1" in str(refused.value)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Captions and timecode
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_captions_ride_on_the_same_frames(
+    codec: str, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """Each frame's own cc_data comes out on the frame with the same pts, across batches."""
+    source = make_clip(tmp_path / "cc.mp4", captions=True)
+    info, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model, codec=codec)
+    assert info.video.captions
+    want = stream_facts(source)["captions"]
+    assert sorted(want.values()) == sorted(caption_of(n) for n in range(FRAMES))
+    facts = stream_facts(output)
+    assert facts["times"] == source_times(source)
+    assert facts["captions"] == want
+    assert "carried frame for frame" in by_name(plan)["captions"]["output"]
+
+
+def test_captions_to_a_codec_without_a53_are_reported_dropped(
+    tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    source = make_clip(tmp_path / "cc.mp4", captions=True)
+    _, plan, output = run(source, tmp_path / "out" / "out.mkv", upscaler, model, codec="ffv1")
+    assert stream_facts(output)["captions"] == {}
+    assert by_name(plan)["captions"]["output"].startswith("WARNING: dropped")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_timecode_is_kept(
+    suffix: str, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    source = make_clip(tmp_path / f"tc{suffix}", metadata={"timecode": TIMECODE})
+    info, plan, output = run(source, tmp_path / "out" / f"out{suffix}", upscaler, model)
+    assert info.video.timecode == TIMECODE
+    with av.open(str(source)) as container:
+        assert [s.type for s in container.streams] == ["video", "data"]  # the tmcd track
+    with av.open(str(output)) as container:
+        assert [s.type for s in container.streams] == ["video", "data"]
+    assert probe(output).video.timecode == TIMECODE
+    assert stream_facts(output)["times"] == source_times(source)
+    assert by_name(plan)["timecode"]["output"] == f"{TIMECODE} kept (timecode tag)"
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Chroma subsampling
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "pix_fmt", "kept"),
+    [
+        ("prores", ".mov", "yuv422p10le", True),
+        ("h264", ".mp4", "yuv422p10le", True),
+        ("hevc", ".mp4", "yuv422p10le", True),
+        ("ffv1", ".mkv", "yuv422p10le", True),
+        ("av1", ".mp4", "yuv420p10le", False),
+    ],
+)
+def test_prores_422_keeps_its_chroma_where_the_codec_can(
+    codec: str,
+    suffix: str,
+    pix_fmt: str,
+    kept: bool,
+    tmp_path: Path,
+    upscaler: Upscaler,
+    model: LoadedModel,
+) -> None:
+    source = make_clip(
+        tmp_path / "prores.mov",
+        encoder="prores_ks",
+        pix_fmt="yuv422p10le",
+        options={"profile": "3"},
+    )
+    info, plan, output = run(
+        source, tmp_path / "out" / f"out{suffix}", upscaler, model, codec=codec
+    )
+    assert info.video.chroma == "4:2:2"
+    facts = stream_facts(output)
+    assert facts["pix_fmt"] == pix_fmt and facts["times"] == source_times(source)
+    chroma = by_name(plan)["chroma subsampling"]
+    if kept:
+        assert chroma["output"] == "4:2:2 kept"
+    else:
+        assert chroma["output"].startswith("converted to 4:2:0 (av1 stores 4:2:0)")

@@ -142,6 +142,17 @@ def _copyable(stream: av.stream.Stream) -> bool:
     )
 
 
+def _has_encoder(stream: av.stream.Stream) -> bool:
+    """Whether an encoder is named like the stream's decoder: PyAV's template stream makes
+    one by that name unless ``opaque``. AV1 chunks decode with libdav1d, which has none (the
+    muxer only needs the codec id, which the opaque template keeps)."""
+    try:
+        av.Codec(stream.codec_context.codec.name, "w")
+    except av.codec.codec.UnknownCodecError:
+        return False
+    return True
+
+
 def _timed_packets(
     container: av.container.InputContainer, streams: Sequence[av.stream.Stream], order: int
 ) -> Iterator[tuple[Fraction, int, av.Packet]]:
@@ -181,7 +192,9 @@ def _remux(
             options=exact_time_options(muxer, info.video.time_base),
         ) as out,
     ):
-        out_video = out.add_stream_from_template(first.streams.video[0])
+        out_video = out.add_stream_from_template(
+            first.streams.video[0], opaque=not _has_encoder(first.streams.video[0])
+        )
         _copy_stream_tags(src.streams[info.video.index], out_video)
         if info.video.timecode and info.video.average_rate:
             # The mov/mp4 muxer writes the tmcd track from the timecode tag at the stream's

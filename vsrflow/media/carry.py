@@ -475,6 +475,8 @@ def plan_carry(
         elif chroma != "4:2:0":
             notes.append(Handling("chroma subsampling", chroma, f"{chroma} kept"))
     if captions:
+        if preset.encoder == "libx265":
+            options.append(("a53cc", "1"))  # libx265's a53cc is off by default (libx264: on)
         if preset.encoder in ("libx264", "libx265"):
             action = "A/53 captions carried frame for frame (a53cc)"
         else:
