@@ -23,6 +23,7 @@ decoded frames, colour tags, pixel format, timecode.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -441,3 +442,94 @@ def test_prores_422_keeps_its_chroma_where_the_codec_can(
         assert chroma["output"] == "4:2:2 kept"
     else:
         assert chroma["output"].startswith("converted to 4:2:0 (av1 stores 4:2:0)")
+
+
+def test_prores_keeps_hdr_tags_but_cannot_write_static_metadata(
+    tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """The documented limit: prores_ks has no HDR parameters and the mov muxer writes mdcv/clli
+    only from stream side data, which PyAV cannot set on an output stream. Tags and 10 bits are
+    kept, the metadata is not, and the plan says so with a warning naming the codecs that can."""
+    source = hdr10_clip(tmp_path / "hdr10.mp4")
+    _, plan, output = run(source, tmp_path / "out" / "out.mov", upscaler, model, codec="prores")
+    facts = stream_facts(output)
+    assert facts["pix_fmt"] == "yuv422p10le" and facts["colour"] == (BT2020, PQ, BT2020NC)
+    assert static_metadata(output)[:2] == (None, None)
+    hdr = by_name(plan)["HDR"]["output"]
+    assert hdr.startswith("PQ tags and 10-bit kept; WARNING: prores cannot carry the static")
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Probe, manifest and summary
+
+
+def test_probe_shows_the_properties(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vsrflow probe`` (its JSON) names SAR/DAR, chroma, captions, timecode and HDR."""
+    from flows.cli import main as cli_main
+
+    source = make_clip(
+        tmp_path / "all.mp4",
+        sar=Fraction(40, 33),
+        captions=True,
+        metadata={"timecode": TIMECODE},
+    )
+    assert cli_main(["probe", str(source)]) == 0
+    video = json.loads(capsys.readouterr().out)["video"]
+    assert video["sample_aspect_ratio"] == "40:33" and video["display_aspect_ratio"] == "160:99"
+    assert video["captions"] == "A/53" and video["timecode"] == TIMECODE
+    assert video["chroma"] == "4:2:0" and video["hdr"] is None
+    hdr = probe(hdr10_clip(tmp_path / "hdr10.mp4")).summary()["video"]["hdr"]
+    assert hdr["transfer"] == "pq" and (hdr["max_cll"], hdr["max_fall"]) == MAX_CLL
+    assert hdr["mastering_display"].endswith("0.0001-1000 cd/m2")
+
+
+def test_flow_manifest_and_summary_show_what_was_done(
+    tmp_path: Path, shared_model: Callable[[str], Path]
+) -> None:
+    """The whole flow, in process: an anamorphic clip with captions and a timecode."""
+    from flows.upscale_video import upscale_video
+    from vsrflow.report import MediaSide, RunSummary, render_summary
+
+    source = make_clip(
+        tmp_path / "all.mp4",
+        sar=Fraction(8, 9),
+        captions=True,
+        metadata={"timecode": TIMECODE},
+    )
+    output = tmp_path / "out.mp4"
+    result = upscale_video(
+        input_path=str(source),
+        output_path=str(output),
+        settings=UpscaleSettings.model_validate(
+            {
+                "model": {"weights_path": str(shared_model("realesr-animevideov3.pth"))},
+                "batching": {"frames": BATCH},
+            }
+        ),
+        work_dir=str(tmp_path / "work"),
+    )
+    assert result.frames == FRAMES
+    manifest = json.loads(Path(f"{output}.manifest.json").read_text())
+    properties = {p["property"]: p for p in manifest["properties"]}
+    assert list(properties) == ["sample aspect ratio", "captions", "timecode"]
+    assert properties["sample aspect ratio"] == {
+        "property": "sample aspect ratio",
+        "source": "8:9 (DAR 32:27)",
+        "output": "SAR 8:9 written (DAR 32:27 kept)",
+    }
+    assert properties["captions"]["output"] == "A/53 captions carried frame for frame (a53cc)"
+    assert properties["timecode"]["output"] == f"{TIMECODE} kept (timecode tag)"
+    facts = stream_facts(output)
+    assert facts["dar"] == Fraction(32, 27) and facts["times"] == source_times(source)
+    assert facts["captions"] == stream_facts(source)["captions"]
+    assert probe(output).video.timecode == TIMECODE
+
+    side = MediaSide("in.mp4", 1, WIDTH, HEIGHT, FRAMES, 25.0)
+    text = render_summary(
+        RunSummary(
+            side, side, "m", "0" * 64, "local", "h264", {}, 1, 0, 1, 0,
+            properties=tuple(manifest["properties"]),
+        )
+    )  # fmt: skip
+    assert "| property | source | output |" in text
+    assert "| sample aspect ratio | 8:9 (DAR 32:27) | SAR 8:9 written (DAR 32:27 kept) |" in text
