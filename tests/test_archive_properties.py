@@ -32,6 +32,7 @@ import av
 import numpy as np
 import pytest
 from av.sidedata.sidedata import Type as SideDataType
+from av.video.frame import PictureType
 
 from vsrflow.engine import EngineSettings, Upscaler
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
@@ -375,6 +376,45 @@ def test_captions_ride_on_the_same_frames(
     assert facts["times"] == source_times(source)
     assert facts["captions"] == want
     assert "carried frame for frame" in by_name(plan)["captions"]["output"]
+
+
+def test_captions_leave_the_encoders_frame_types_alone(
+    tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """The carrier frames bring the source's picture types along; the encoder must not obey
+    them (a source with an I-frame every 2 frames made every other output frame an I-frame):
+    with and without captions the output has the same frame types."""
+    gop = {"x264-params": "keyint=2:min-keyint=1:scenecut=0"}
+    types = {}
+    for captions in (False, True):
+        source = make_clip(tmp_path / f"cc{captions}.mp4", captions=captions, options=gop)
+        _, _, output = run(source, tmp_path / f"out{captions}" / "o.mp4", upscaler, model)
+        with av.open(str(output)) as container:
+            types[captions] = [int(f.pict_type) for f in container.decode(video=0)]
+        assert bool(stream_facts(output)["captions"]) == captions
+    assert types[True] == types[False]
+    assert types[True].count(int(PictureType.I)) == 2  # one per batch: each chunk starts one
+
+
+def test_deinterlaced_output_drops_captions_and_says_so(
+    tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """Field-rate output frames are not source frames: no caption can ride frame for frame, so
+    the plan says they are dropped (rather than claiming them carried)."""
+    source = make_clip(tmp_path / "cc.mp4", captions=True)
+    info = probe(source)
+    plan = make_plan(
+        info,
+        UpscaleJob(model="x", engine=ENGINE, deinterlace="bwdif"),
+        weights_sha256=model.weights_sha256,
+        model_scale=model.scale,
+        source_sha256="cc",
+        frames_per_batch=BATCH,
+    )
+    assert not plan.video.carry.frame_side_data
+    assert by_name(plan)["captions"]["output"] == (
+        "WARNING: dropped (bwdif output frames are not the source's frames)"
+    )
 
 
 def test_captions_to_a_codec_without_a53_are_reported_dropped(

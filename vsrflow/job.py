@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from vsrflow.engine import EngineSettings, output_geometry
 from vsrflow.faces.job import FaceJob
 from vsrflow.media.alpha import AlphaOutcome, alpha_outcome, describe_outcome
-from vsrflow.media.carry import Handling, plan_carry, square_pixel_size
+from vsrflow.media.carry import Handling, plan_carry, square_pixel_size, without_captions
 from vsrflow.media.codecs import get_codec
 from vsrflow.media.deinterlace import CYCLE as PULLDOWN_CYCLE
 from vsrflow.media.deinterlace import Decision, choose, with_outputs
@@ -226,6 +226,10 @@ def make_plan(
                 max_batches=max_batches,
             )
             frames_per_batch = -(-size // PULLDOWN_CYCLE) * PULLDOWN_CYCLE
+    if deinterlace is not None:  # output frames are not source frames: no caption carriers
+        carry, properties = without_captions(
+            carry, properties, f"{deinterlace.method} output frames are not the source's frames"
+        )
     if carry.identity():  # absent for a plain source: its batch keys stay as they were
         identity["carry"] = carry.identity()
     batches = plan_batches(

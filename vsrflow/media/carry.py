@@ -29,6 +29,7 @@ Planning turns these into a :class:`CarryPlan` (what the chunk encoder must writ
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -493,6 +494,23 @@ def plan_carry(
         frame_side_data=captions and preset.encoder in ("libx264", "libx265"),
     )
     return carry, tuple(notes)
+
+
+def without_captions(
+    carry: CarryPlan, notes: tuple[Handling, ...], reason: str
+) -> tuple[CarryPlan, tuple[Handling, ...]]:
+    """``carry`` and ``notes`` for output frames that are not the source's frames (deinterlaced
+    at field rate, inverse telecined): captions cannot ride frame for frame, so they are
+    dropped and the note says why instead of claiming them carried."""
+    if not carry.frame_side_data:
+        return carry, notes
+    options = tuple(o for o in carry.codec_options if o != ("a53cc", "1"))
+    carry = dataclasses.replace(carry, frame_side_data=False, codec_options=options)
+    notes = tuple(
+        dataclasses.replace(n, action=f"WARNING: dropped ({reason})") if n.name == "captions" else n
+        for n in notes
+    )
+    return carry, notes
 
 
 def is_timecode_track(stream: av.stream.Stream) -> bool:

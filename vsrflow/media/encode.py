@@ -23,6 +23,7 @@ from types import TracebackType
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 from vsrflow.media.carry import CarryPlan
 from vsrflow.media.codecs import exact_time_options, get_codec
@@ -89,6 +90,9 @@ def _with_properties_of(carrier: av.VideoFrame, frame: av.VideoFrame) -> av.Vide
     out = carrier.reformat(width=frame.width, height=frame.height, format=frame.format.name)
     for dst, src in zip(out.planes, frame.planes, strict=True):
         dst.update(src)
+    # The source's picture type is copied too, and x264/x265 obey it: a source with an
+    # I-frame every 2 frames made every other output frame a keyframe. The encoder decides.
+    out.pict_type = PictureType.NONE
     return out
 
 
