@@ -453,6 +453,7 @@ def test_timecode_is_kept(
         ("h264", ".mp4", "yuv422p10le", True),
         ("hevc", ".mp4", "yuv422p10le", True),
         ("ffv1", ".mkv", "yuv422p10le", True),
+        ("vp9", ".webm", "yuv422p", True),  # this libvpx is 8-bit only (codec presets)
         ("av1", ".mp4", "yuv420p10le", False),
     ],
 )
@@ -573,3 +574,53 @@ def test_flow_manifest_and_summary_show_what_was_done(
     )  # fmt: skip
     assert "| property | source | output |" in text
     assert "| sample aspect ratio | 8:9 (DAR 32:27) | SAR 8:9 written (DAR 32:27 kept) |" in text
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "pix_fmt", "output"),
+    [
+        # FFmpeg's ProRes decoder returns 4444 as 12-bit (the source reads the same).
+        ("prores", ".mov", "yuv444p12le", "4:4:4 kept"),
+        ("h264", ".mp4", "yuv444p10le", "4:4:4 kept"),
+        ("hevc", ".mkv", "yuv444p10le", "4:4:4 kept"),
+        ("av1", ".mkv", "yuv420p10le", "converted to 4:2:0 (av1 stores 4:2:0)"),
+    ],
+)
+def test_prores_4444_keeps_its_chroma_where_the_codec_can(
+    codec: str,
+    suffix: str,
+    pix_fmt: str,
+    output: str,
+    tmp_path: Path,
+    upscaler: Upscaler,
+    model: LoadedModel,
+) -> None:
+    """ProRes 4444 (no alpha) in, 4:4:4 out where the codec stores it; ProRes out is 4444
+    (profile 4, ap4h), not 422 HQ."""
+    source = make_clip(
+        tmp_path / "prores.mov",
+        encoder="prores_ks",
+        pix_fmt="yuv444p10le",
+        options={"profile": "4"},
+    )
+    info, plan, out = run(source, tmp_path / "out" / f"out{suffix}", upscaler, model, codec=codec)
+    assert info.video.chroma == "4:4:4" and info.video.pix_fmt == "yuv444p12le"
+    facts = stream_facts(out)
+    assert facts["pix_fmt"] == pix_fmt and facts["times"] == source_times(source)
+    assert by_name(plan)["chroma subsampling"]["output"] == output
+    if codec == "prores":
+        with av.open(str(out)) as container:
+            assert container.streams.video[0].codec_context.codec_tag == "ap4h"
+
+
+def test_420_to_prores_says_it_became_422(
+    tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    source = make_clip(tmp_path / "plain.mp4")
+    _, plan, out = run(source, tmp_path / "out" / "out.mov", upscaler, model, codec="prores")
+    assert stream_facts(out)["pix_fmt"] == "yuv422p10le"
+    assert by_name(plan)["chroma subsampling"] == {
+        "property": "chroma subsampling",
+        "source": "4:2:0",
+        "output": "converted to 4:2:2 (prores stores 4:2:2 / 4:4:4)",
+    }
