@@ -1,0 +1,338 @@
+"""Face restoration inside a job (issue 12 phase 2): the real upscale_video and upscale_images
+flows, in-process, with the real SR model, the real BlazeFace detector and a GFPGAN-architecture
+restorer with random weights built here (the real GFPGAN weights cannot be downloaded on the
+machines these tests run on; random weights prove the wiring and which pixels change, not how a
+restored face looks).
+
+Exactness: the test clips are lossless FFV1 4:4:4 and the outputs FFV1 too; the output keeps
+4:4:4, so RGB -> YUV -> RGB is per pixel and a pixel the face step did not touch decodes to the
+same bytes with and without faces. Which pixels the step may touch is recomputed here from the
+detector's own faces (the whole clip planned at once equals batches planned with context, as
+tests/test_faces.py shows) and the template footprint the restorer pastes into.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vsrflow.errors import UnsupportedArchitectureError
+from vsrflow.faces.align import TEMPLATE_SIZE, alignment_matrix, template_footprint
+from vsrflow.faces.blazeface import FaceDetector
+from vsrflow.faces.detections import Detection
+from vsrflow.faces.processor import FaceProcessor
+from vsrflow.faces.restore import FaceRestorer, get_face_model
+from vsrflow.faces.track import TrackSettings
+from vsrflow.settings import UpscaleSettings
+
+SCALE = 4  # realesr-animevideov3
+FRAMES = 8
+WIDTH, HEIGHT = 160, 128  # source frames of the face clip
+PAN = 2  # px per frame
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models_dir(shared_dir: Path) -> Path:
+    """``$VSRFLOW_SHARED_DIR/models``: the SR weights, and the detectors in ``face/``."""
+    if not (shared_dir / "models" / "face" / "blazefaceback.pth").is_file():
+        pytest.skip("BlazeFace weights not found in the shared models dir")
+    return shared_dir / "models"
+
+
+@pytest.fixture(autouse=True)
+def _model_env(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detectors found where the shared dir keeps them; no download can happen."""
+    monkeypatch.setenv("VSRFLOW_MODEL_PATH", str(models_dir))
+    monkeypatch.setenv("VSRFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", "http://127.0.0.1:9/closed/")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="module")
+def random_gfpgan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GFPGAN-architecture state dict with random weights (spandrel's GFPGAN class, seeded),
+    saved like the release files (``params_ema``)."""
+    from spandrel.architectures.GFPGAN import GFPGAN
+
+    torch.manual_seed(1234)
+    path = tmp_path_factory.mktemp("gfpgan") / "gfpgan-random.pth"
+    torch.save({"params_ema": GFPGAN().state_dict()}, path)
+    return path
+
+
+def _write_ffv1_444(path: Path, frames: list[np.ndarray], rate: int = 25) -> None:
+    """Lossless 4:4:4 clip (pts 0, 1, 2... in 1/rate): decodes back to the same RGB bytes'
+    neighbourhood, and makes the output keep 4:4:4 (per-pixel colour conversion)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv444p"
+        stream.time_base = Fraction(1, rate)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame.reformat(format="yuv444p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _face_frames(photo: Path) -> list[np.ndarray]:
+    """The photo's face (Adele_crop.png at 72 px: a ~43 px face) moving PAN px per frame over
+    a still colour gradient, WIDTH x HEIGHT: about two thirds of each upscaled frame lies
+    outside the face's paste footprint, a background to compare."""
+    face = np.asarray(Image.open(photo).convert("RGB").resize((72, 72), Image.LANCZOS))
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    background = np.stack([(x * 1.5 + 40) % 256, (y * 2) % 256, (x + y) % 256], -1)
+    frames = []
+    for t in range(FRAMES):
+        frame = background.astype(np.uint8)
+        frame[28:100, 20 + PAN * t : 92 + PAN * t] = face
+        frames.append(frame)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def face_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    photo = shared_dir / "images" / "faces" / "Adele_crop.png"
+    if not photo.is_file():
+        pytest.skip(f"face photo not found: {photo}")
+    path = tmp_path_factory.mktemp("clips") / "face.mkv"
+    _write_ffv1_444(path, _face_frames(photo))
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six frames of moving colour gradients: nothing face-like in them."""
+    y, x = np.mgrid[0:96, 0:96]
+    frames = [
+        np.stack([(x * 2 + 9 * t) % 256, (y * 2) % 256, ((x + y + 5 * t) % 256)], -1).astype(
+            np.uint8
+        )
+        for t in range(6)
+    ]
+    path = tmp_path_factory.mktemp("clips") / "plain.mkv"
+    _write_ffv1_444(path, frames)
+    return path
+
+
+def _settings(weights: str, faces: dict | None = None, **batching: int) -> UpscaleSettings:
+    return UpscaleSettings.model_validate(
+        {
+            "model": {"weights_path": weights},
+            "encoder": {"codec": "ffv1"},
+            "batching": batching or {"frames": 4},
+            "faces": faces or {},
+        }
+    )
+
+
+def _decode(path: Path) -> tuple[np.ndarray, list[Fraction]]:
+    """RGB frames and their timestamps in seconds (Matroska stores milliseconds)."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    times = [f.pts * f.time_base for f in frames]
+    return np.stack([f.to_ndarray(format="rgb24") for f in frames]), times
+
+
+def _manifest(output: Path) -> dict:
+    return json.loads(Path(f"{output}.manifest.json").read_text())
+
+
+def _allowed_regions(
+    source: np.ndarray, models_dir: Path, restorer: Path, window: int
+) -> tuple[np.ndarray, list[list[Detection]]]:
+    """Where the face step may change pixels in each upscaled frame (the template footprint
+    of each planned face), and the planned faces themselves (output coordinates)."""
+    detector = FaceDetector.from_name("blazeface-back", search_path=[models_dir])
+    processor = FaceProcessor(
+        detector,
+        FaceRestorer(get_face_model(restorer, progress=False), device="cpu"),
+        tracking=TrackSettings(window=window),
+    )
+    planned = processor.plan(processor.detect(source), scale=(SCALE, SCALE))
+    n, h, w = source.shape[0], source.shape[1] * SCALE, source.shape[2] * SCALE
+    allowed = np.zeros((n, h, w), dtype=bool)
+    for t, faces in enumerate(planned):
+        for face in faces:
+            box = template_footprint(alignment_matrix(face, TEMPLATE_SIZE), h, w, TEMPLATE_SIZE)
+            allowed[t, box.y0 : box.y1, box.x0 : box.x1] = True
+    return allowed, planned
+
+
+# --- videos ------------------------------------------------------------------------------
+
+
+def test_video_faces_restored_on_every_frame_background_identical_and_keyed(
+    face_clip: Path,
+    random_gfpgan: Path,
+    models_dir: Path,
+    shared_model: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    """Faces off (chunks kept), faces on (a new key: every batch computed; samples and chunks
+    cleaned after publishing), faces off again (every batch reused from the first run)."""
+    from flows.upscale_video import upscale_video
+
+    weights = str(shared_model("realesr-animevideov3.pth"))
+    work = tmp_path / "work"
+    faces = {"enhance": True, "weights_path": str(random_gfpgan)}
+
+    def run(name: str, face_options: dict | None, keep: bool):
+        output = tmp_path / f"{name}.mkv"
+        result = upscale_video(
+            input_path=str(face_clip),
+            output_path=str(output),
+            settings=_settings(weights, face_options),
+            work_dir=str(work),
+            keep_chunks=keep,
+        )
+        return output, result
+
+    plain_out, plain = run("plain", None, keep=True)
+    assert (plain.batches, plain.batches_computed) == (2, 2)
+    faces_out, restored = run("faces", faces, keep=False)
+    assert (restored.batches_computed, restored.batches_cached) == (2, 0)  # new keys
+    again_out, again = run("again", None, keep=True)
+    assert (again.batches_cached, again.batches_computed) == (2, 0)  # the faces-off keys
+
+    source, source_pts = _decode(face_clip)
+    base, base_pts = _decode(plain_out)
+    out, out_pts = _decode(faces_out)
+    repeat, _ = _decode(again_out)
+    assert base.shape == out.shape == (FRAMES, HEIGHT * SCALE, WIDTH * SCALE, 3)
+    assert out_pts == base_pts == source_pts == [Fraction(i, 25) for i in range(FRAMES)]
+    np.testing.assert_array_equal(repeat, base)
+
+    allowed, planned = _allowed_regions(source, models_dir, random_gfpgan, window=5)
+    assert all(len(f) == 1 for f in planned)  # the face is on every frame
+    changed = (out != base).any(axis=-1)
+    assert not (changed & ~allowed).any(), "pixels outside the face footprints changed"
+    assert (~allowed).mean() > 0.5  # and there is a real background to compare
+    for t, (face,) in enumerate(planned):
+        x0, y0, x1, y1 = np.round(face.box).astype(int)
+        assert changed[t, y0:y1, x0:x1].mean() > 0.9, f"frame {t}: face not restored"
+
+    manifest = _manifest(faces_out)
+    crop = Path(f"{faces_out}.face.png")
+    assert manifest["faces"] == {
+        "restorer": "gfpgan-random",
+        "frames_with_faces": FRAMES,
+        "faces": FRAMES,
+        "crop": str(crop),
+    }
+    assert "faces" not in _manifest(plain_out)
+    assert restored.batch_results and all(r.face_frames == 4 for r in restored.batch_results)
+    image = np.asarray(Image.open(crop).convert("RGB"))
+    half = image.shape[1] // 2
+    assert image.shape[0] > 200 and (image[:, :half] != image[:, half:]).any()  # before/after
+    assert not list(work.rglob("*.face.png"))  # batch samples gone with the chunks
+    assert restored.chunks_removed and not plain.chunks_removed
+
+
+def test_video_without_faces_is_identical_with_faces_on(
+    plain_clip: Path, random_gfpgan: Path, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from flows.upscale_video import upscale_video
+
+    weights = str(shared_model("realesr-animevideov3.pth"))
+    outputs = {}
+    for name, faces in (
+        ("off", None),
+        ("on", {"enhance": True, "weights_path": str(random_gfpgan)}),
+    ):
+        outputs[name] = tmp_path / f"{name}.mkv"
+        upscale_video(
+            input_path=str(plain_clip),
+            output_path=str(outputs[name]),
+            settings=_settings(weights, faces, frames=3),
+            work_dir=str(tmp_path / "work"),
+        )
+    off, off_pts = _decode(outputs["off"])
+    on, on_pts = _decode(outputs["on"])
+    assert on.shape[0] == 6 and on_pts == off_pts
+    np.testing.assert_array_equal(on, off)
+    faces = _manifest(outputs["on"])["faces"]
+    assert faces["frames_with_faces"] == 0 and faces["faces"] == 0 and faces["crop"] is None
+    assert not Path(f"{outputs['on']}.face.png").exists()
+
+
+def test_bad_face_weights_are_refused_at_planning_in_one_line(
+    plain_clip: Path, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """An SR model given as the face restorer: refused before any batch runs (no chunk, no
+    output), in one line that says what is wrong."""
+    from flows.upscale_video import upscale_video
+
+    weights = str(shared_model("realesr-animevideov3.pth"))
+    output = tmp_path / "out.mkv"
+    work = tmp_path / "work"
+    with pytest.raises(UnsupportedArchitectureError) as caught:
+        upscale_video(
+            input_path=str(plain_clip),
+            output_path=str(output),
+            settings=_settings(weights, {"enhance": True, "weights_path": weights}),
+            work_dir=str(work),
+        )
+    message = str(caught.value)
+    assert "\n" not in message and "not a face restorer" in message
+    assert not output.exists() and not list(work.rglob("*.mkv"))
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def test_image_faces_restored_and_background_unchanged(
+    shared_dir: Path,
+    random_gfpgan: Path,
+    models_dir: Path,
+    shared_model: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    from flows.upscale_images import upscale_images
+
+    photo = shared_dir / "images" / "faces" / "Adele_crop.png"
+    if not photo.is_file():
+        pytest.skip(f"face photo not found: {photo}")
+    source = tmp_path / "adele.png"
+    pixels = _face_frames(photo)[3]
+    Image.fromarray(pixels).save(source)
+    weights = str(shared_model("realesr-animevideov3.pth"))
+    outputs = {}
+    for name, faces in (
+        ("off", None),
+        ("on", {"enhance": True, "weights_path": str(random_gfpgan)}),
+    ):
+        outputs[name] = tmp_path / f"{name}.png"
+        upscale_images(
+            input_path=str(source),
+            output_path=str(outputs[name]),
+            settings=_settings(weights, faces),
+            work_dir=str(tmp_path / "work"),
+        )
+    off = np.asarray(Image.open(outputs["off"]).convert("RGB"))
+    on = np.asarray(Image.open(outputs["on"]).convert("RGB"))
+    assert on.shape == off.shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
+
+    allowed, planned = _allowed_regions(pixels[None], models_dir, random_gfpgan, window=1)
+    assert len(planned[0]) == 1
+    changed = (on != off).any(axis=-1)
+    assert not (changed & ~allowed[0]).any() and (~allowed[0]).mean() > 0.5
+    x0, y0, x1, y1 = np.round(planned[0][0].box).astype(int)
+    assert changed[y0:y1, x0:x1].mean() > 0.9
+
+    manifest = json.loads(Path(f"{outputs['on']}.manifest.json").read_text())
+    assert manifest["faces"]["faces"] == 1 and manifest["faces"]["images_with_faces"] == 1
