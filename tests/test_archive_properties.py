@@ -95,13 +95,14 @@ def make_clip(
     colour: tuple[int, int, int] | None = None,
     captions: bool = False,
     metadata: dict[str, str] | None = None,
+    rate: Fraction | int = 25,
 ) -> Path:
-    """FRAMES frames of :func:`_picture`, 25 fps, with the properties asked for.
+    """FRAMES frames of :func:`_picture` at ``rate`` fps, with the properties asked for.
 
     ``colour``: (primaries, transfer, matrix) tags; ``captions``: :func:`caption_of` on each
     frame (by pts) as A/53 SEI; ``metadata``: video stream tags (``timecode``)."""
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(encoder, rate=25, options=options or {})
+        stream = out.add_stream(encoder, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
         cc = stream.codec_context
         if sar is not None:
@@ -426,20 +427,35 @@ def test_captions_to_a_codec_without_a53_are_reported_dropped(
     assert by_name(plan)["captions"]["output"].startswith("WARNING: dropped")
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+@pytest.mark.parametrize(
+    ("suffix", "out_suffix", "rate", "timecode", "tracks"),
+    [
+        (".mp4", ".mp4", 25, TIMECODE, ["video", "data"]),  # tmcd track in, tmcd track out
+        (".mov", ".mov", 25, TIMECODE, ["video", "data"]),
+        (".mov", ".mkv", 25, TIMECODE, ["video"]),  # a Matroska TIMECODE tag
+        (".mp4", ".mp4", Fraction(30000, 1001), "01:00:00;02", ["video", "data"]),  # drop-frame
+    ],
+)
 def test_timecode_is_kept(
-    suffix: str, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+    suffix: str,
+    out_suffix: str,
+    rate: Fraction | int,
+    timecode: str,
+    tracks: list[str],
+    tmp_path: Path,
+    upscaler: Upscaler,
+    model: LoadedModel,
 ) -> None:
-    source = make_clip(tmp_path / f"tc{suffix}", metadata={"timecode": TIMECODE})
-    info, plan, output = run(source, tmp_path / "out" / f"out{suffix}", upscaler, model)
-    assert info.video.timecode == TIMECODE
+    source = make_clip(tmp_path / f"tc{suffix}", metadata={"timecode": timecode}, rate=rate)
+    info, plan, output = run(source, tmp_path / "out" / f"out{out_suffix}", upscaler, model)
+    assert info.video.timecode == timecode
     with av.open(str(source)) as container:
         assert [s.type for s in container.streams] == ["video", "data"]  # the tmcd track
     with av.open(str(output)) as container:
-        assert [s.type for s in container.streams] == ["video", "data"]
-    assert probe(output).video.timecode == TIMECODE
+        assert [s.type for s in container.streams] == tracks
+    assert probe(output).video.timecode == timecode
     assert stream_facts(output)["times"] == source_times(source)
-    assert by_name(plan)["timecode"]["output"] == f"{TIMECODE} kept (timecode tag)"
+    assert by_name(plan)["timecode"]["output"] == f"{timecode} kept (timecode tag)"
 
 
 # --------------------------------------------------------------------------------------------
