@@ -11,7 +11,10 @@ recomputes exactly the batches that have no chunk and cache record.
 from __future__ import annotations
 
 import collections
+import contextlib
+import posixpath
 import queue
+import re
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 from tasks.artifacts import report_progress
-from tasks.storage import result_storage_for
+from tasks.storage import locations_for, result_storage_for
 from tasks.upscale import check_cached_chunk, upscale_batch
 from vsrflow.chunks import ChunkProblem
 from vsrflow.job import JobPlan, UpscaleJob
@@ -40,6 +43,30 @@ _WORKER_LOSS = ("KilledWorker", "CancelledError", "FutureCancelledError", "CommC
 
 def _is_worker_loss(exc: BaseException) -> bool:
     return type(exc).__name__ in _WORKER_LOSS
+
+
+#: Prefect's key for a persisted exception: a random uuid4 hex (cache records are named
+#: ``upscale-batch-<key>``, never this).
+_FAILURE_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def _drop_failure_record(
+    future: PrefectFuture[BatchResult], work_dir: str, credentials_block: str | None
+) -> None:
+    """Remove the exception record of a batch that failed for good.
+
+    With persisted results Prefect writes a final failure's exception beside the cache
+    records, under a random key (``<work_dir>/results/<uuid hex>``) that no rerun and no
+    clean-up can find again: left there, it outlives the job that a later run publishes. The
+    flow already holds the exception when it gets here, so nothing needs the record."""
+    data = getattr(future.state, "data", None)
+    key = getattr(getattr(data, "metadata", data), "storage_key", None)
+    name = posixpath.basename(str(key or "").replace("\\", "/"))
+    if not _FAILURE_KEY.fullmatch(name):
+        return
+    locations = locations_for(credentials_block)
+    with contextlib.suppress(Exception):  # best effort: the batch's error is what matters
+        locations.remove(locations.join(work_dir, "results", name))
 
 
 def _cluster_slots(batch_resources: dict[str, float]) -> int | None:
@@ -124,6 +151,7 @@ def upscale_batches(
         except Exception as exc:
             lost = resubmits.get(batch.index, 0)
             if not _is_worker_loss(exc) or lost >= WORKER_LOSS_RESUBMITS:
+                _drop_failure_record(future, work_dir, credentials_block)
                 raise
             resubmits[batch.index] = lost + 1
             logger.warning(

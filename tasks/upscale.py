@@ -55,13 +55,15 @@ def result_record_location(work_dir: str, key: str) -> str:
 
 
 def job_files(work_dir: str, output_path: str, keys: list[str]) -> list[str]:
-    """Every file one job keeps in ``work_dir`` for resuming: per batch its chunk, its cache
-    record and (local work dirs) its progress file, plus the job's progress listing."""
+    """Every file one job keeps in ``work_dir`` for resuming: per batch its chunk, the face
+    sample beside it (face restoration; normally removed with the run's face crop, but a run
+    whose crop failed leaves it), its cache record and (local work dirs) its progress file,
+    plus the job's progress listing."""
     locations = locations_for(None)
     files = []
     for key in keys:
-        files.append(locations.join(work_dir, "chunks", f"{key}.mp4"))
-        files.append(result_record_location(work_dir, key))
+        chunk = locations.join(work_dir, "chunks", f"{key}.mp4")
+        files += [chunk, chunk + FACE_SAMPLE_SUFFIX, result_record_location(work_dir, key)]
     if not locations.is_remote(work_dir):
         files += [str(progress_dir(work_dir) / f"batch-{key}.json") for key in keys]
         files.append(str(listing_path(work_dir, output_path)))
