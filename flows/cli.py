@@ -299,7 +299,11 @@ def _upscale(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
     if "://" not in args.input:
         check_output_compatible(
-            probe(args.input), args.output, settings.encoder.codec, alpha=settings.encoder.alpha
+            probe(args.input),
+            args.output,
+            settings.encoder.codec,
+            alpha=settings.encoder.alpha,
+            square_pixels=settings.size.square_pixels,
         )
     # A unique run name lets the progress watcher find this run's progress artifact.
     run_name = f"{artifact_key(args.output)}-{uuid.uuid4().hex[:8]}"

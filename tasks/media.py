@@ -71,6 +71,7 @@ def plan_job(
             job.encoder.codec,
             source=locations.readable(info.path),
             alpha=job.encoder.alpha,
+            square_pixels=job.square_pixels,
         )
     model = get_model(job.model, denoise_strength=job.denoise_strength)
     face_sha256 = None

@@ -38,8 +38,9 @@ from vsrflow.engine import EngineSettings, Upscaler
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import assemble, check_output_compatible
 from vsrflow.media.carry import ContentLight, MasteringDisplay, read_frame_side_data
+from vsrflow.media.codecs import get_codec
 from vsrflow.media.encode import EncoderSettings
-from vsrflow.media.probe import MediaInfo, probe
+from vsrflow.media.probe import MediaInfo, probe, sample_aspect_ratio_of
 from vsrflow.models import LoadedModel, get_model
 from vsrflow.pipeline import upscale_batch
 from vsrflow.plan import chunk_name
@@ -173,7 +174,7 @@ def run(
     """probe -> plan -> every batch -> assemble (assembly verifies the output itself)."""
     info = probe(source)
     encoder = EncoderSettings(codec=codec)
-    check_output_compatible(info, output, codec)
+    check_output_compatible(info, output, codec, square_pixels=square_pixels)
     plan = make_plan(
         info,
         UpscaleJob(model="x", engine=ENGINE, encoder=encoder, square_pixels=square_pixels),
@@ -205,7 +206,7 @@ def stream_facts(path: Path) -> dict[str, object]:
         stream = container.streams.video[0]
         cc = stream.codec_context
         frames = list(container.decode(stream))
-        sar = Fraction(cc.sample_aspect_ratio) if cc.sample_aspect_ratio else None
+        sar = sample_aspect_ratio_of(stream)  # what a player uses: container, then bitstream
         return {
             "size": (cc.width, cc.height),
             "sar": sar,
@@ -238,25 +239,71 @@ def by_name(plan: JobPlan) -> dict[str, dict[str, str]]:
 # 3. Sample aspect ratio
 
 
-@pytest.mark.parametrize("sar", [Fraction(8, 9), Fraction(32, 27), Fraction(40, 33)])
+@pytest.mark.parametrize(
+    ("sar", "codec", "suffix"),
+    [
+        (Fraction(8, 9), "h264", ".mp4"),
+        (Fraction(32, 27), "h264", ".mp4"),
+        (Fraction(40, 33), "h264", ".mp4"),
+        (Fraction(32, 27), "hevc", ".mkv"),  # Matroska: display width/height
+        (Fraction(8, 9), "prores", ".mov"),  # no SAR in ProRes: the mov pasp box alone
+        (Fraction(32, 27), "av1", ".mp4"),  # no SAR in AV1: the mp4 pasp box alone
+    ],
+)
 def test_anamorphic_keeps_its_display_aspect_ratio(
-    sar: Fraction, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+    sar: Fraction, codec: str, suffix: str, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
 ) -> None:
     """Default: the upscaled geometry stays anamorphic and the SAR is written, DAR exact."""
     source = make_clip(tmp_path / "anamorphic.mp4", sar=sar)
-    info, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model)
+    info, plan, output = run(
+        source, tmp_path / "out" / f"out{suffix}", upscaler, model, codec=codec
+    )
     dar = Fraction(WIDTH, HEIGHT) * sar
     assert info.video.sample_aspect_ratio == sar and info.video.display_aspect_ratio == dar
     facts = stream_facts(output)
     assert facts["size"] == (WIDTH * 4, HEIGHT * 4) and facts["sar"] == sar
     assert facts["dar"] == dar
     assert facts["times"] == source_times(source)
-    (handled,) = plan.properties_description()
-    assert handled["property"] == "sample aspect ratio"
+    handled = by_name(plan)["sample aspect ratio"]
     assert handled["output"] == f"SAR {sar.numerator}:{sar.denominator} written " + (
         f"(DAR {dar.numerator}:{dar.denominator} kept)"
     )
     assert probe(output).video.display_aspect_ratio == dar
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix"),
+    [("ffv1", ".mkv"), ("prores", ".mkv"), ("vp9", ".webm"), ("av1", ".mkv")],
+)
+def test_matroska_without_a_bitstream_sar_is_refused_unless_square_pixels(
+    codec: str, suffix: str, tmp_path: Path, upscaler: Upscaler, model: LoadedModel
+) -> None:
+    """The documented limit: the Matroska muxer writes the display size from AVStream's SAR,
+    which PyAV cannot set, so a codec without a SAR in its bitstream (ProRes, FFV1, VP9, AV1)
+    loses it there. Proved by encoding one (the SAR is set on the encoder: none comes back),
+    then refused before any compute; ``--square-pixels`` is the way through."""
+    probe_file = tmp_path / f"probe{suffix}"
+    preset = get_codec(codec)
+    with av.open(str(probe_file), "w") as out:
+        stream = out.add_stream(preset.encoder, rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, preset.pix_fmt_8bit
+        stream.codec_context.sample_aspect_ratio = Fraction(8, 9)
+        out.mux(stream.encode(av.VideoFrame(WIDTH, HEIGHT, preset.pix_fmt_8bit)))
+        out.mux(stream.encode(None))
+    with av.open(str(probe_file)) as written:
+        assert sample_aspect_ratio_of(written.streams.video[0]) in (None, 1)
+
+    source = make_clip(tmp_path / "anamorphic.mp4", sar=Fraction(8, 9))
+    info = probe(source)
+    with pytest.raises(ValueError, match="has non-square pixels \\(SAR 8:9\\)") as refused:
+        check_output_compatible(info, tmp_path / f"out{suffix}", codec)
+    assert "use --square-pixels" in str(refused.value) and "\n" not in str(refused.value)
+    check_output_compatible(info, tmp_path / f"out{suffix}", codec, square_pixels=True)
+    _, _, output = run(
+        source, tmp_path / "out" / f"out{suffix}", upscaler, model, codec=codec, square_pixels=True
+    )
+    width, height = stream_facts(output)["size"]
+    assert abs(width - Fraction(WIDTH, HEIGHT) * Fraction(8, 9) * height) <= 1
 
 
 @pytest.mark.parametrize("sar", [Fraction(8, 9), Fraction(32, 27), Fraction(40, 33)])

@@ -82,10 +82,13 @@ def check_output_compatible(
     *,
     source: str | None = None,
     alpha: str = "keep",
+    square_pixels: bool = False,
 ) -> None:
     """Fail before any compute if the output container cannot hold the codec or a copied
     stream, or the codec cannot keep the source's alpha channel (``alpha``: the job's
-    ``encoder.alpha``; "keep" refuses codecs without alpha, see ``vsrflow.media.alpha``).
+    ``encoder.alpha``; "keep" refuses codecs without alpha, see ``vsrflow.media.alpha``), or
+    an anamorphic source would lose its aspect ratio (unless ``square_pixels``: the job's
+    ``size.square_pixels``, which resamples instead).
 
     Writes only a header into memory: that is where FFmpeg's muxers reject codecs.
     """
@@ -95,6 +98,20 @@ def check_output_compatible(
         raise ValueError(
             f"codec {preset.name} cannot be written to .{container}; use one of "
             f"{', '.join('.' + c for c in preset.containers)}"
+        )
+    sar = info.video.sample_aspect_ratio
+    if (
+        sar
+        and sar != 1
+        and not square_pixels
+        and MUXER_BY_CONTAINER[container] in MATROSKA_MUXERS
+        and preset.name not in SAR_IN_BITSTREAM
+    ):
+        raise ValueError(
+            f"{info.path} has non-square pixels (SAR {sar.numerator}:{sar.denominator}) and "
+            f"{preset.name} in .{container} cannot record them here (the Matroska muxer takes "
+            "the SAR from the stream, which PyAV cannot set): use --square-pixels, "
+            f"--codec {' or '.join(SAR_IN_BITSTREAM)}, or a .mov/.mp4 output"
         )
     outcome = alpha_outcome(
         has_alpha=info.video.alpha,
@@ -129,6 +146,10 @@ def check_output_compatible(
                     f"a .{container} file cannot hold these streams: {exc}; choose another "
                     "output container"
                 ) from exc
+
+
+#: Codecs whose bitstream records the SAR (H.264/HEVC VUI): in Matroska only these keep it.
+SAR_IN_BITSTREAM = ("h264", "hevc")
 
 
 def _copyable(stream: av.stream.Stream) -> bool:
@@ -196,6 +217,12 @@ def _remux(
             first.streams.video[0], opaque=not _has_encoder(first.streams.video[0])
         )
         _copy_stream_tags(src.streams[info.video.index], out_video)
+        chunk_sar = first.streams.video[0].sample_aspect_ratio
+        if chunk_sar and chunk_sar != 1:
+            # mov/mp4 chunks keep the SAR in their pasp box, which the demuxer puts on the
+            # stream, not in the parameters the template copies: a ProRes or AV1 output
+            # came out square. The mov/mp4 muxer writes pasp from these parameters.
+            out_video.codec_context.sample_aspect_ratio = chunk_sar
         if info.video.timecode and info.video.average_rate:
             # The mov/mp4 muxer writes the tmcd track from the timecode tag at the stream's
             # frame rate, which a template stream lacks (it would take 1/time_base).

@@ -308,6 +308,14 @@ def _stream_detail(stream: av.stream.Stream) -> str:
     return ""
 
 
+def sample_aspect_ratio_of(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The SAR a player uses: the container's (mov ``pasp``, Matroska display size) before the
+    bitstream's (FFmpeg's ``av_guess_sample_aspect_ratio``). A ProRes stream has none in its
+    bitstream: its codec context said "square" for an 8:9 mov. None when unknown or 0."""
+    sar = stream.sample_aspect_ratio
+    return Fraction(sar) if sar else None
+
+
 def probe(
     path: str | os.PathLike[str],
     *,
@@ -438,9 +446,7 @@ def probe(
             keyframe_pts=tuple(keyframes or pts[:1]),
             colour=colour,
             display_matrix=display_matrix,
-            sample_aspect_ratio=Fraction(cc.sample_aspect_ratio)
-            if cc.sample_aspect_ratio
-            else None,
+            sample_aspect_ratio=sample_aspect_ratio_of(vstream),
             alpha=side_alpha or pix_fmt_has_alpha(pix_fmt),
             alpha_decoder=alpha_decoder,
             alpha_readable=not side_alpha or alpha_decoder is not None,
