@@ -302,7 +302,7 @@ def _face_summary(job: UpscaleJob, outcome: BatchOutcome, output_path: str) -> F
         return None
     results = outcome.results
     return FaceSummary(
-        restorer=Path(job.faces.model).stem if Path(job.faces.model).suffix else job.faces.model,
+        restorer=job.faces.label,
         frames=sum(r.frames for r in results),
         frames_with_faces=sum(r.face_frames for r in results),
         faces=sum(r.faces for r in results),

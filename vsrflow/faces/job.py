@@ -9,6 +9,7 @@ per worker process. Torch-free so the control flows and the CLI import it cheapl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class FaceJob:
     window: int
     #: Faces per forward pass of the restorer (memory knob; does not change the output).
     faces_per_pass: int
+
+    @property
+    def label(self) -> str:
+        """The restorer as the manifest and summary name it: the registry name as is, a
+        weights file by its stem. (``Path("GFPGANv1.4").stem`` would be "GFPGANv1": a registry
+        name's version dot is no file suffix.)"""
+        if self.model.lower().endswith((".pth", ".safetensors")):
+            return PurePath(self.model).stem
+        return self.model
 
 
 __all__ = ["FaceJob"]

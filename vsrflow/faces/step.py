@@ -32,6 +32,7 @@ from PIL import Image
 from vsrflow.compare import compose
 from vsrflow.engine import resolve_device
 from vsrflow.engine_settings import Precision
+from vsrflow.errors import WeightsDownloadError
 from vsrflow.faces.blazeface import FaceDetector
 from vsrflow.faces.detections import Detection
 from vsrflow.faces.job import FaceJob
@@ -41,6 +42,7 @@ from vsrflow.faces.restore import FaceRestorer, get_face_model
 from vsrflow.faces.track import TrackSettings
 from vsrflow.media.decode import decode_range
 from vsrflow.media.probe import VideoParams
+from vsrflow.models.weights import ENV_MODEL_PATH
 
 #: Source frames detected per forward pass of the detector.
 DETECT_CHUNK = 16
@@ -87,7 +89,21 @@ def check_face_job(job: FaceJob) -> str:
     detector file missing or not matching its hash, restorer weights missing, not matching
     the registry's sha256, not downloadable, or not a GFPGAN/RestoreFormer network."""
     resolve_detector_weights(job.detector)
-    return get_face_model(job.model, device="cpu").weights_sha256
+    try:
+        return get_face_model(job.model, device="cpu").weights_sha256
+    except WeightsDownloadError as exc:
+        # Workers are often offline (clusters, air-gapped hosts): say how to get the file
+        # there, not just that the download failed.
+        raise WeightsDownloadError(f"{exc} {fetch_hint(job.model)}") from exc
+
+
+def fetch_hint(name: str) -> str:
+    """The one-command step that puts registry face weights where every run finds them."""
+    return (
+        f"Fetch them once on a machine that can reach the release: `vsrflow models fetch"
+        f" {name}` (into VSRFLOW_MODEL_CACHE), or copy the release file into a directory of"
+        f" {ENV_MODEL_PATH}, or pass your own file with --face-weights."
+    )
 
 
 def _context_start(video: VideoParams, start_pts: int, frames: int) -> int:
@@ -195,6 +211,7 @@ __all__ = [
     "check_face_job",
     "clear_face_step_cache",
     "face_processor_for",
+    "fetch_hint",
     "plan_batch_faces",
     "sample_png",
 ]
