@@ -360,6 +360,7 @@ def _run(
     )
 
 
+@pytest.mark.slow
 def test_the_window_holds_while_workers_join_mid_run_and_the_work_dir_is_cleaned(
     no_audio_clip: mf.FixtureInfo,
     model_path: str,
@@ -392,6 +393,7 @@ def test_the_window_holds_while_workers_join_mid_run_and_the_work_dir_is_cleaned
     assert not work.exists() or _files(work) == [], _files(work)
 
 
+@pytest.mark.slow
 def test_a_failed_run_keeps_what_resume_needs_and_the_rerun_computes_only_the_rest(
     no_audio_clip: mf.FixtureInfo,
     model_path: str,
@@ -502,8 +504,9 @@ def prefect_server() -> dict[str, str]:
 
 
 def _cli_run(
-    env: dict[str, str], source: Path, output: Path, model: str, *extra: str
+    env: dict[str, str], source: Path, output: Path, model: str, *extra: str, frames: int = 4
 ) -> dict[str, Any]:
+    """``vsrflow upscale`` as a user runs it; its JSON summary."""
     command = [
         sys.executable,
         "-m",
@@ -515,7 +518,7 @@ def _cli_run(
         "--weights",
         model,
         "--batch-frames",
-        "4",
+        str(frames),
         "--no-progress",
         *extra,
     ]
@@ -554,3 +557,112 @@ def test_local_gpus_with_two_cpu_workers_matches_local(
     assert gpus_pts == local_pts == _decoded(no_audio_clip.path)[0]
     assert all(np.array_equal(a, b) for a, b in zip(local_frames, gpus_frames, strict=True))
     assert _sha256(tmp_path / "gpus.mp4") == _sha256(tmp_path / "local.mp4")
+
+
+# --------------------------------------------------------------------------------------------
+# Resume after a kill, with the window in place: the user's command, SIGKILLed mid-run
+
+
+def _finished(work: Path) -> set[str]:
+    """Batch keys with both a chunk and a cache record (what a rerun may take as done)."""
+    results = work / "results"
+    if not results.is_dir():
+        return set()
+    records = {p.name.removeprefix("upscale-batch-") for p in results.glob("upscale-batch-*")}
+    return {key for key in records if (work / "chunks" / f"{key}.mp4").is_file()}
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_computing_exactly_the_missing_batches(
+    prefect_server: dict[str, str],
+    no_audio_clip: mf.FixtureInfo,
+    model_path: str,
+    tmp_path: Path,
+) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, **prefect_server, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PREFECT_HOME", None)
+    output, work = tmp_path / "out.mp4", tmp_path / "work"
+    args = [str(no_audio_clip.path), "-o", str(output), "--weights", model_path]
+    args += ["--batch-frames", "2", "--work-dir", str(work), "--no-progress"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "upscale", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline and len(_finished(work)) < 3:
+        time.sleep(0.1)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    done = _finished(work)
+    assert 3 <= len(done) < 12 and not output.exists()
+
+    rerun = _cli_run(env, no_audio_clip.path, output, model_path, "--work-dir", str(work), frames=2)
+    assert rerun["batches"] == 12
+    assert rerun["batches_cached"] == len(done)
+    assert rerun["batches_computed"] == 12 - len(done)
+    assert rerun["window"]["max_in_flight"] <= window_size(1)
+    assert _decoded(output)[0] == _decoded(no_audio_clip.path)[0]
+    assert rerun["frames"] == no_audio_clip.frame_count
+    assert not work.exists() or _files(work) == [], _files(work)
+
+
+# --------------------------------------------------------------------------------------------
+# S3 work dirs: removed after success, kept after a failure
+
+
+@pytest.mark.slow
+def test_an_s3_work_dir_is_kept_after_a_failure_and_removed_after_success(
+    s3_env: dict[str, str],
+    no_audio_clip: mf.FixtureInfo,
+    model_path: str,
+    watch: Watch,
+) -> None:
+    import infra
+
+    from vsrflow import storage
+    from vsrflow.storage import S3Config
+
+    s3 = S3Config.from_env()
+    with infra.temporary_bucket(s3.client(), "vsrflow-window") as bucket:
+        source, output = f"s3://{bucket}/in/clip.mp4", f"s3://{bucket}/out/clip_x4.mp4"
+        work = f"s3://{bucket}/out/.vsrflow-work"
+        storage.upload_file(no_audio_clip.path, source, s3)
+
+        def keys() -> list[str]:
+            prefix = f"s3://{bucket}/out/.vsrflow-work/"
+            return sorted(o.uri.removeprefix(prefix) for o in storage.list_objects(prefix, s3))
+
+        def run() -> VideoResult:
+            return upscale_video(input_path=source, output_path=output,
+                                 settings=_settings(model_path, 8))  # fmt: skip
+
+        watch.fail = {1}
+        with pytest.raises(MediaError, match="injected: batch 1"):
+            run()
+        assert not storage.exists(output, s3)
+        left = keys()
+        chunks = {
+            k.removeprefix("chunks/").removesuffix(".mp4") for k in left if k.endswith(".mp4")
+        }
+        records = {k.removeprefix("results/upscale-batch-") for k in left if "/upscale-" in k}
+        assert all(k.startswith(("chunks/", "results/upscale-batch-")) for k in left), left
+        done = chunks & records
+        assert 1 <= len(done) <= 2  # batch 0, perhaps batch 2 (in the window); never batch 1
+
+        watch.fail = set()
+        rerun = run()
+        assert rerun.work_dir == work
+        assert rerun.batches == 3
+        assert (rerun.batches_cached, rerun.batches_computed) == (len(done), 3 - len(done))
+        assert rerun.frames == no_audio_clip.frame_count and rerun.chunks_removed
+        assert keys() == []
+        assert storage.exists(output, s3)
