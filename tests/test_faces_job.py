@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prefect.artifacts import Artifact
 
-from vsrflow.errors import UnsupportedArchitectureError
+from vsrflow.errors import UnsupportedArchitectureError, WeightsDownloadError
 from vsrflow.faces.align import TEMPLATE_SIZE, alignment_matrix, template_footprint
 from vsrflow.faces.blazeface import FaceDetector
 from vsrflow.faces.detections import Detection
@@ -240,6 +241,11 @@ def test_video_faces_restored_on_every_frame_background_identical_and_keyed(
     half = image.shape[1] // 2
     assert image.shape[0] > 200 and (image[:, :half] != image[:, half:]).any()  # before/after
     assert not list(work.rglob("*.face.png"))  # batch samples gone with the chunks
+    summary = Artifact.get(restored.artifacts["summary_artifact"])
+    assert summary is not None and isinstance(summary.data, str)
+    section = summary.data.split("## Faces", 1)[1]
+    assert f"**{FRAMES}** faces restored in **{FRAMES}** of {FRAMES} frames" in section
+    assert "](data:image/png;base64," in section and str(crop) in section
     assert restored.chunks_removed and not plain.chunks_removed
 
 
@@ -292,10 +298,35 @@ def test_bad_face_weights_are_refused_at_planning_in_one_line(
     assert not output.exists() and not list(work.rglob("*.mkv"))
 
 
+def test_registry_face_weights_out_of_reach_name_the_fetch_command(
+    plain_clip: Path, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """GFPGANv1.4 (the default) with no copy found and its release unreachable (as on every
+    machine these tests run on): refused at planning in one line that gives the one-command
+    step for the real weights."""
+    from flows.upscale_video import upscale_video
+
+    weights = str(shared_model("realesr-animevideov3.pth"))
+    output = tmp_path / "out.mkv"
+    with pytest.raises(WeightsDownloadError) as caught:
+        upscale_video(
+            input_path=str(plain_clip),
+            output_path=str(output),
+            settings=_settings(weights, {"enhance": True}),
+            work_dir=str(tmp_path / "work"),
+        )
+    message = str(caught.value)
+    assert "\n" not in message and "downloading GFPGANv1.4" in message
+    assert "`vsrflow models fetch GFPGANv1.4`" in message and not output.exists()
+    # The manifest and summary name a registry restorer as is, a weights file by its stem.
+    job = UpscaleSettings(faces={"enhance": True}).faces.job()
+    assert job is not None and job.label == "GFPGANv1.4"
+
+
 # --- images ------------------------------------------------------------------------------
 
 
-def test_image_faces_restored_and_background_unchanged(
+def test_image_faces_restored_background_unchanged_strength_blends(
     shared_dir: Path,
     random_gfpgan: Path,
     models_dir: Path,
@@ -315,6 +346,7 @@ def test_image_faces_restored_and_background_unchanged(
     for name, faces in (
         ("off", None),
         ("on", {"enhance": True, "weights_path": str(random_gfpgan)}),
+        ("half", {"enhance": True, "weights_path": str(random_gfpgan), "strength": 0.5}),
     ):
         outputs[name] = tmp_path / f"{name}.png"
         upscale_images(
@@ -333,6 +365,11 @@ def test_image_faces_restored_and_background_unchanged(
     assert not (changed & ~allowed[0]).any() and (~allowed[0]).mean() > 0.5
     x0, y0, x1, y1 = np.round(planned[0][0].box).astype(int)
     assert changed[y0:y1, x0:x1].mean() > 0.9
+    # --face-strength 0.5: half way between the upscaled and the restored face (rounding).
+    half = np.asarray(Image.open(outputs["half"]).convert("RGB")).astype(np.int32)
+    middle = (off.astype(np.int32) + on) / 2
+    assert np.abs(half - middle).max() <= 1.0
+    np.testing.assert_array_equal(half[~allowed[0]], off[~allowed[0]])
 
     manifest = json.loads(Path(f"{outputs['on']}.manifest.json").read_text())
     assert manifest["faces"]["faces"] == 1 and manifest["faces"]["images_with_faces"] == 1
