@@ -253,17 +253,21 @@ def _files(folder: Path) -> list[str]:
 
 @pytest.fixture
 def growing_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A profile like ``local`` (one worker, one thread, in this process) that tests scale."""
+    """A profile like ``local`` (one worker in this process) that tests scale, with batches
+    holding GPU=1 as on Slurm: each worker has two threads but one GPU, so it is one batch
+    slot (a window counting threads would let twice as many batches in)."""
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(
         "profiles:\n"
         "  window-test:\n"
+        "    batch_resources: {GPU: 1}\n"
         "    task_runner:\n"
         "      cluster_class: distributed.LocalCluster\n"
         "      cluster_kwargs:\n"
         "        processes: false\n"
         "        n_workers: 1\n"
-        "        threads_per_worker: 1\n"
+        "        threads_per_worker: 2\n"
+        "        resources: {GPU: 1}\n"
         "        dashboard_address: null\n"
     )
     monkeypatch.setenv("VSRFLOW_PROFILES", str(profiles))
