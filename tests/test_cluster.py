@@ -294,6 +294,8 @@ def test_killed_flow_process_resumes_with_only_unfinished_batches(
     assert summary["batches_computed"] == total - finished
     frames = _frames(storage.presigned_get(f"s3://{bucket}/killed/out.mp4", s3))
     assert all(np.array_equal(a, b) for a, b in zip(frames, reference_frames, strict=True))
+    # Published: the job's chunks and cache records are gone from the S3 work dir (issue 11).
+    assert _keys(bucket, f"{work}/", s3) == []
     # The rerun took over the dead run's lease and marked that run Crashed.
     assert _flow_run_state(cluster_env, dead_run) == "CRASHED"
     assert not storage.exists(lease, s3)
