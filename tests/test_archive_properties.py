@@ -687,3 +687,22 @@ def test_420_to_prores_says_it_became_422(
         "source": "4:2:0",
         "output": "converted to 4:2:2 (prores stores 4:2:2 / 4:4:4)",
     }
+
+
+def test_real_clip_with_non_square_pixels_is_planned_to_keep_them(
+    shared_media: Callable[[str], Path],
+) -> None:
+    """carphone (QCIF from a CIF camera) declares SAR 128:117: probe reads it and the plan
+    writes it again on the 704x576 output, DAR 1408:1053 unchanged."""
+    info = probe(shared_media("carphone_176x144_2997fps_noaudio.mp4"))
+    assert info.video.sample_aspect_ratio == Fraction(128, 117)
+    plan = make_plan(info, UpscaleJob(model="x"), weights_sha256="0" * 64, model_scale=4,
+                     source_sha256="carphone")  # fmt: skip
+    assert plan.out_size == (704, 576) and plan.video.carry.sample_aspect_ratio == Fraction(
+        128, 117
+    )
+    assert by_name(plan)["sample aspect ratio"] == {
+        "property": "sample aspect ratio",
+        "source": "128:117 (DAR 1408:1053)",
+        "output": "SAR 128:117 written (DAR 1408:1053 kept)",
+    }
