@@ -59,14 +59,13 @@ def _drop_failure_record(
     records, under a random key (``<work_dir>/results/<uuid hex>``) that no rerun and no
     clean-up can find again: left there, it outlives the job that a later run publishes. The
     flow already holds the exception when it gets here, so nothing needs the record."""
-    data = getattr(future.state, "data", None)
-    key = getattr(getattr(data, "metadata", data), "storage_key", None)
-    name = posixpath.basename(str(key or "").replace("\\", "/"))
-    if not _FAILURE_KEY.fullmatch(name):
-        return
-    locations = locations_for(credentials_block)
     with contextlib.suppress(Exception):  # best effort: the batch's error is what matters
-        locations.remove(locations.join(work_dir, "results", name))
+        data = getattr(future.state, "data", None)
+        key = getattr(getattr(data, "metadata", data), "storage_key", None)
+        name = posixpath.basename(str(key or "").replace("\\", "/"))
+        if _FAILURE_KEY.fullmatch(name):
+            locations = locations_for(credentials_block)
+            locations.remove(locations.join(work_dir, "results", name))
 
 
 def _cluster_slots(batch_resources: dict[str, float]) -> int | None:
