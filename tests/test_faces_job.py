@@ -184,8 +184,9 @@ def test_video_faces_restored_on_every_frame_background_identical_and_keyed(
     shared_model: Callable[[str], Path],
     tmp_path: Path,
 ) -> None:
-    """Faces off (chunks kept), faces on (a new key: every batch computed; samples and chunks
-    cleaned after publishing), faces off again (every batch reused from the first run)."""
+    """Faces off (chunks kept); faces on (new keys: every batch computed; chunks kept); faces
+    on again (every batch reused, face counts and samples from the cache records; samples and
+    chunks cleaned after publishing); faces off again (the first run's batches reused)."""
     from flows.upscale_video import upscale_video
 
     weights = str(shared_model("realesr-animevideov3.pth"))
@@ -205,10 +206,15 @@ def test_video_faces_restored_on_every_frame_background_identical_and_keyed(
 
     plain_out, plain = run("plain", None, keep=True)
     assert (plain.batches, plain.batches_computed) == (2, 2)
+    first_out, first = run("first", faces, keep=True)
+    assert (first.batches_computed, first.batches_cached) == (2, 0)  # faces on: new keys
+    assert len(list(work.rglob("*.face.png"))) == 2  # one sample per batch, beside its chunk
     faces_out, restored = run("faces", faces, keep=False)
-    assert (restored.batches_computed, restored.batches_cached) == (2, 0)  # new keys
+    assert (restored.batches_cached, restored.batches_computed) == (2, 0)
     again_out, again = run("again", None, keep=True)
     assert (again.batches_cached, again.batches_computed) == (2, 0)  # the faces-off keys
+    np.testing.assert_array_equal(_decode(first_out)[0], _decode(faces_out)[0])
+    assert _manifest(first_out)["faces"]["faces"] == FRAMES
 
     source, source_pts = _decode(face_clip)
     base, base_pts = _decode(plain_out)
@@ -247,6 +253,39 @@ def test_video_faces_restored_on_every_frame_background_identical_and_keyed(
     assert f"**{FRAMES}** faces restored in **{FRAMES}** of {FRAMES} frames" in section
     assert "](data:image/png;base64," in section and str(crop) in section
     assert restored.chunks_removed and not plain.chunks_removed
+
+
+def test_batch_faces_see_their_neighbours_across_batch_edges(
+    face_clip: Path, random_gfpgan: Path, models_dir: Path
+) -> None:
+    """A batch's faces are planned from its own source frames plus up to ``context`` frames
+    decoded before and after it (found by decoding from an estimated earlier time): the same
+    smoothed faces as planning the whole clip at once, so batch edges do not jump."""
+    from vsrflow.faces.step import plan_batch_faces
+    from vsrflow.media.decode import decode_range
+    from vsrflow.media.probe import probe
+
+    video = probe(face_clip).video.params(str(face_clip))
+    processor = FaceProcessor(
+        FaceDetector.from_name("blazeface-back", search_path=[models_dir]),
+        FaceRestorer(get_face_model(random_gfpgan, progress=False), device="cpu"),
+        tracking=TrackSettings(window=5),
+    )
+    decoded = decode_range(
+        face_clip, video.index, 0, None, colour=video.colour, bit_depth=video.bit_depth
+    )
+    frames = [f for f in decoded]
+    pts = [f.pts for f in frames]
+    assert len(pts) == FRAMES
+    out_size = (WIDTH * SCALE, HEIGHT * SCALE)
+    whole = processor.plan(processor.detect(np.stack([f.rgb for f in frames])), scale=(4, 4))
+    for start, end in ((0, 3), (3, 6), (6, None), (2, 5)):
+        batch = plan_batch_faces(processor, video, pts[start], pts[end] if end else None, out_size)
+        expected = whole[start:end]
+        assert [len(f) for f in batch] == [len(f) for f in expected] == [1] * len(expected)
+        for got, want in zip(batch, expected, strict=True):
+            np.testing.assert_allclose(got[0].keypoints, want[0].keypoints, atol=1e-6)
+            np.testing.assert_allclose(got[0].box, want[0].box, atol=1e-6)
 
 
 def test_video_without_faces_is_identical_with_faces_on(
