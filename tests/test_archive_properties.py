@@ -35,8 +35,9 @@ from av.sidedata.sidedata import Type as SideDataType
 from av.video.frame import PictureType
 
 from vsrflow.engine import EngineSettings, Upscaler
+from vsrflow.errors import AssemblyError
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
-from vsrflow.media.assemble import assemble, check_output_compatible
+from vsrflow.media.assemble import assemble, check_output_compatible, verify_output
 from vsrflow.media.carry import ContentLight, MasteringDisplay, read_frame_side_data
 from vsrflow.media.codecs import get_codec
 from vsrflow.media.encode import EncoderSettings
@@ -706,3 +707,26 @@ def test_real_clip_with_non_square_pixels_is_planned_to_keep_them(
         "source": "128:117 (DAR 1408:1053)",
         "output": "SAR 128:117 written (DAR 1408:1053 kept)",
     }
+
+
+def test_assembly_refuses_an_output_that_lost_the_aspect_ratio_or_hdr_metadata(
+    tmp_path: Path,
+) -> None:
+    """Assembly reads the properties back: a square-pixel file offered as the output of an
+    8:9 source, or an HEVC file without static metadata as the output of an HDR10 source,
+    is refused (same frames and pts otherwise, so nothing else trips)."""
+    plain = make_clip(tmp_path / "plain.mp4")
+    anamorphic = probe(make_clip(tmp_path / "anamorphic.mp4", sar=Fraction(8, 9)))
+    assert verify_output(plain, probe(plain)).frames == FRAMES
+    with pytest.raises(AssemblyError, match="display aspect ratio 4:3, the source's is 32:27"):
+        verify_output(plain, anamorphic)
+    hlg = make_clip(
+        tmp_path / "hlg.mp4",
+        encoder="libx265",
+        pix_fmt="yuv420p10le",
+        colour=(BT2020, HLG, BT2020NC),
+        options={"x265-params": "log-level=error"},
+    )
+    hdr10 = probe(hdr10_clip(tmp_path / "hdr10.mp4"))
+    with pytest.raises(AssemblyError, match="mastering display and content light level did not"):
+        verify_output(hlg, hdr10)

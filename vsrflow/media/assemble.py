@@ -37,7 +37,7 @@ from vsrflow.media.alpha import (
     pix_fmt_has_alpha,
     stream_has_alpha,
 )
-from vsrflow.media.carry import is_timecode_track, timecode_of
+from vsrflow.media.carry import is_timecode_track, read_frame_side_data, timecode_of
 from vsrflow.media.codecs import (
     CONTAINER_BY_EXTENSION,
     MATROSKA_MUXERS,
@@ -331,6 +331,12 @@ def verify_output(
         timecode = timecode_of(
             video.metadata, out.metadata, [s.metadata for s in out.streams if s.type == "data"]
         )
+        out_sar = video.sample_aspect_ratio
+        coded = (cc.width, cc.height) if cc else (0, 0)
+        video_index, decoder = video.index, cc.name if cc else ""
+    _check_properties(
+        path, info, coded, Fraction(out_sar) if out_sar else None, video_index, decoder
+    )
     if info.video.timecode and timecode != info.video.timecode:
         raise AssemblyError(
             f"{path}: the source's timecode {info.video.timecode} became {timecode or 'none'}"
@@ -363,6 +369,47 @@ def verify_output(
         duration_s=duration,
         size_bytes=0 if is_url(path) else Path(path).stat().st_size,
     )
+
+
+#: Decoders of the codecs whose encoders write HDR static metadata (x265, x264, SVT-AV1).
+_HDR_METADATA_DECODERS = ("hevc", "h264", "libdav1d", "av1")
+
+
+def _check_properties(
+    path: str | Path,
+    info: MediaInfo,
+    coded: tuple[int, int],
+    sar: Fraction | None,
+    index: int,
+    decoder: str,
+) -> None:
+    """Read back what issue 10 promises rather than trust the encoder options: an anamorphic
+    source keeps its display aspect ratio (exact with the SAR written, within a pixel of width
+    when resampled to square pixels), and HDR static metadata reaches an output whose codec
+    can carry it (read from the first decoded frame)."""
+    source_sar = info.video.sample_aspect_ratio
+    width, height = coded
+    if source_sar and source_sar != 1 and width and height:
+        dar = Fraction(width, height) * (sar or 1)
+        want = info.video.display_aspect_ratio
+        if abs(dar - want) > Fraction(1, height):
+            raise AssemblyError(
+                f"{path}: display aspect ratio {dar.numerator}:{dar.denominator}, the source's "
+                f"is {want.numerator}:{want.denominator} (its sample aspect ratio was lost)"
+            )
+    hdr = info.video.hdr
+    if hdr is not None and (hdr.mastering or hdr.light) and decoder in _HDR_METADATA_DECODERS:
+        side = read_frame_side_data(str(path), index, frames=1)
+        lost = [
+            name
+            for name, want_it, got in (
+                ("mastering display", hdr.mastering, side.mastering),
+                ("content light level", hdr.light, side.light),
+            )
+            if want_it is not None and got is None
+        ]
+        if lost:
+            raise AssemblyError(f"{path}: the source's HDR {' and '.join(lost)} did not reach it")
 
 
 def temporary_sibling(target: Path) -> Path:
