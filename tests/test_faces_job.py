@@ -74,17 +74,19 @@ def random_gfpgan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _write_ffv1_444(path: Path, frames: list[np.ndarray], rate: int = 25) -> None:
-    """Lossless 4:4:4 clip (pts 0, 1, 2... in 1/rate): decodes back to the same RGB bytes'
-    neighbourhood, and makes the output keep 4:4:4 (per-pixel colour conversion)."""
+    """Lossless 4:4:4 clip (pts 0, 1, 2... in 1/rate; 10-bit for uint16 frames): makes the
+    output keep 4:4:4, so colour conversion is per pixel."""
+    deep = frames[0].dtype == np.uint16
+    pix_fmt = "yuv444p10le" if deep else "yuv444p"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("ffv1", rate=rate)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv444p"
+        stream.pix_fmt = pix_fmt
         stream.time_base = Fraction(1, rate)
         for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
             frame.pts = i
-            for packet in stream.encode(frame.reformat(format="yuv444p")):
+            for packet in stream.encode(frame.reformat(format=pix_fmt)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -105,13 +107,17 @@ def _face_frames(photo: Path) -> list[np.ndarray]:
     return frames
 
 
-@pytest.fixture(scope="module")
-def face_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _photo(shared_dir: Path) -> Path:
     photo = shared_dir / "images" / "faces" / "Adele_crop.png"
     if not photo.is_file():
         pytest.skip(f"face photo not found: {photo}")
+    return photo
+
+
+@pytest.fixture(scope="module")
+def face_clip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("clips") / "face.mkv"
-    _write_ffv1_444(path, _face_frames(photo))
+    _write_ffv1_444(path, _face_frames(_photo(shared_dir)))
     return path
 
 
@@ -141,12 +147,12 @@ def _settings(weights: str, faces: dict | None = None, **batching: int) -> Upsca
     )
 
 
-def _decode(path: Path) -> tuple[np.ndarray, list[Fraction]]:
+def _decode(path: Path, fmt: str = "rgb24") -> tuple[np.ndarray, list[Fraction]]:
     """RGB frames and their timestamps in seconds (Matroska stores milliseconds)."""
     with av.open(str(path)) as container:
         frames = list(container.decode(video=0))
     times = [f.pts * f.time_base for f in frames]
-    return np.stack([f.to_ndarray(format="rgb24") for f in frames]), times
+    return np.stack([f.to_ndarray(format=fmt) for f in frames]), times
 
 
 def _manifest(output: Path) -> dict:
@@ -286,6 +292,49 @@ def test_batch_faces_see_their_neighbours_across_batch_edges(
         for got, want in zip(batch, expected, strict=True):
             np.testing.assert_allclose(got[0].keypoints, want[0].keypoints, atol=1e-6)
             np.testing.assert_allclose(got[0].box, want[0].box, atol=1e-6)
+
+
+def test_ten_bit_video_faces_restored_in_ten_bits(
+    shared_dir: Path,
+    random_gfpgan: Path,
+    models_dir: Path,
+    shared_model: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    """A 10-bit source: faces found on and restored in 16-bit frames, the output stays 10-bit
+    and only the face footprints differ from a run without faces."""
+    from flows.upscale_video import upscale_video
+
+    frames = [f.astype(np.uint16) * 257 for f in _face_frames(_photo(shared_dir))[:3]]
+    clip = tmp_path / "deep.mkv"
+    _write_ffv1_444(clip, frames)
+    weights = str(shared_model("realesr-animevideov3.pth"))
+    outputs = {}
+    for name, faces in (
+        ("off", None),
+        ("on", {"enhance": True, "weights_path": str(random_gfpgan)}),
+    ):
+        outputs[name] = tmp_path / f"{name}.mkv"
+        upscale_video(
+            input_path=str(clip),
+            output_path=str(outputs[name]),
+            settings=_settings(weights, faces, frames=3),
+            work_dir=str(tmp_path / "work"),
+        )
+    with av.open(str(outputs["on"])) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv444p10le"
+    off, _ = _decode(outputs["off"], "rgb48le")
+    on, _ = _decode(outputs["on"], "rgb48le")
+    source, _ = _decode(clip, "rgb48le")
+    allowed, planned = _allowed_regions(source, models_dir, random_gfpgan, window=5)
+    assert [len(f) for f in planned] == [1, 1, 1]
+    changed = (on != off).any(axis=-1)
+    assert not (changed & ~allowed).any() and (~allowed).mean() > 0.5
+    for t, (face,) in enumerate(planned):
+        x0, y0, x1, y1 = np.round(face.box).astype(int)
+        assert changed[t, y0:y1, x0:x1].mean() > 0.9
+        assert (on[t, y0:y1, x0:x1] % 257 != 0).any()  # not 8-bit values widened
+    assert _manifest(outputs["on"])["faces"]["frames_with_faces"] == 3
 
 
 def test_video_without_faces_is_identical_with_faces_on(
