@@ -314,6 +314,31 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             f"<= {target['cli_fixed_s']} s",
             later <= target["cli_fixed_s"],
         )
+    ft = r.get("feature")
+    if ft and "error" not in ft:
+        full, quarter = ft["runs"]["full"], ft["runs"]["quarter"]
+        target = ft["targets"]
+        label = f"{ft['minutes']} min film at {ft['size'][0]}x{ft['size'][1]}"
+        add(
+            "10 feature",
+            f"{label}: flow-process peak RSS",
+            f"{full['flow_peak_rss_mb']:.0f} MB",
+            f"<= {target['flow_rss_mb']:.0f} MB",
+            full["flow_peak_rss_mb"] <= target["flow_rss_mb"],
+        )
+        add(
+            "10 feature",
+            "same / a quarter of the film's",
+            f"{ft['rss_growth']:.2f} ({quarter['flow_peak_rss_mb']:.0f} MB)",
+            f"<= {target['rss_growth']}",
+            ft["rss_growth"] <= target["rss_growth"],
+        )
+        add(
+            "10 feature",
+            f"{label}: batches, upscale stage, model seconds in batches",
+            f"{full['batches']}, {full['upscale_stage_s']:.0f} s, {full['batch_model_s']:.0f} s",
+        )
+        add("10 feature", "output frames = source frames", "yes" if ft["frames_exact"] else "NO")
     return rows
 
 

@@ -26,7 +26,10 @@ loads cannot be compared:
 5. per-task orchestration overhead of Prefect + the local Dask task runner;
 6. 1 vs 2 Slurm workers on the local single-node Slurm (skipped with a reason if unavailable);
 9. start-up: control flow import time (without torch), and the CLI's wall time minus its upscale
-   stage with a temporary Prefect server per run vs the background server it starts once.
+   stage with a temporary Prefect server per run vs the background server it starts once;
+10. a feature-length film (2 hours at 32x18; 30 minutes with --quick) and a quarter of it
+   through the CLI: flow-process peak RSS (must not grow with the length), batches, window,
+   frames exact.
 
 The machine may be shared: other processes can take CPU while we measure. Each timed run
 therefore records the share of the machine's CPU used by processes OUTSIDE our process tree
@@ -75,6 +78,7 @@ from bench.report import machine_info, write_reports  # noqa: E402
 from bench.sections.alloc import run_alloc_ab, worker_alloc  # noqa: E402
 from bench.sections.baseline import run_baseline  # noqa: E402
 from bench.sections.encoder import run_encoders  # noqa: E402
+from bench.sections.feature import run_feature  # noqa: E402
 from bench.sections.orchestration import run_orchestration  # noqa: E402
 from bench.sections.rss import run_rss, worker_rss  # noqa: E402
 from bench.sections.slurm import run_slurm  # noqa: E402
@@ -84,12 +88,12 @@ from bench.sections.sweeps import run_sweeps, worker_compile_cold  # noqa: E402
 
 SECTIONS = (
     "sweeps", "alloc", "core", "flow", "encoder", "baseline", "rss", "orchestration", "slurm",
-    "startup",
+    "startup", "feature",
 )  # fmt: skip
 #: "core" (model / engine / pipeline) and "flow" are timed together, in the same rounds.
 _RUN_ORDER = (
     "sweeps", "alloc", "speed", "encoder", "baseline", "rss", "orchestration", "slurm",
-    "startup",
+    "startup", "feature",
 )  # fmt: skip
 
 
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "orchestration": lambda: run_orchestration(sizes.tasks, scratch),
             "slurm": lambda: run_slurm(clip, sizes.frames, scratch),
             "startup": lambda: run_startup(warm_clip, scratch),
+            "feature": lambda: run_feature(scratch, args.quick),
         }
         for name in _RUN_ORDER:
             keys = ["core", "flow"] if name == "speed" else [name]

@@ -206,7 +206,7 @@ def _prepare_prefect(verbose: bool, server: str, stack: contextlib.ExitStack) ->
             # Kept alive from now on: a short idle timeout must not stop it while it starts.
             stack.enter_context(background_server.keepalive(home, state.idle_minutes))
             background_server.wait_healthy(home, state)
-            if started:
+            if started and (verbose or sys.stderr.isatty()):  # errors stay one line
                 print(
                     f"vsrflow: started a Prefect server for this and later runs at "
                     f"{state.api_url.removesuffix('/api')} (stops after "
