@@ -149,6 +149,16 @@ def hdr10_clip(path: Path) -> Path:
     )
 
 
+def hlg_clip(path: Path) -> Path:
+    return make_clip(
+        path,
+        encoder="libx265",
+        pix_fmt="yuv420p10le",
+        colour=(BT2020, HLG, BT2020NC),
+        options={"x265-params": "log-level=error"},
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -382,13 +392,7 @@ def test_hdr10_keeps_tags_ten_bits_and_static_metadata(
 def test_hlg_keeps_its_transfer_and_ten_bits(
     tmp_path: Path, upscaler: Upscaler, model: LoadedModel
 ) -> None:
-    source = make_clip(
-        tmp_path / "hlg.mp4",
-        encoder="libx265",
-        pix_fmt="yuv420p10le",
-        colour=(BT2020, HLG, BT2020NC),
-        options={"x265-params": "log-level=error"},
-    )
+    source = hlg_clip(tmp_path / "hlg.mp4")
     info, plan, output = run(source, tmp_path / "out" / "out.mp4", upscaler, model, codec="hevc")
     assert info.video.hdr is not None and info.video.hdr.transfer == "hlg"
     facts = stream_facts(output)
@@ -720,13 +724,7 @@ def test_assembly_refuses_an_output_that_lost_the_aspect_ratio_or_hdr_metadata(
     assert verify_output(plain, probe(plain)).frames == FRAMES
     with pytest.raises(AssemblyError, match="display aspect ratio 4:3, the source's is 32:27"):
         verify_output(plain, anamorphic)
-    hlg = make_clip(
-        tmp_path / "hlg.mp4",
-        encoder="libx265",
-        pix_fmt="yuv420p10le",
-        colour=(BT2020, HLG, BT2020NC),
-        options={"x265-params": "log-level=error"},
-    )
+    hlg = hlg_clip(tmp_path / "hlg.mp4")
     hdr10 = probe(hdr10_clip(tmp_path / "hdr10.mp4"))
     with pytest.raises(AssemblyError, match="mastering display and content light level did not"):
         verify_output(hlg, hdr10)

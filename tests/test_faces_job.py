@@ -303,24 +303,11 @@ def test_ten_bit_video_faces_restored_in_ten_bits(
 ) -> None:
     """A 10-bit source: faces found on and restored in 16-bit frames, the output stays 10-bit
     and only the face footprints differ from a run without faces."""
-    from flows.upscale_video import upscale_video
 
     frames = [f.astype(np.uint16) * 257 for f in _face_frames(_photo(shared_dir))[:3]]
     clip = tmp_path / "deep.mkv"
     _write_ffv1_444(clip, frames)
-    weights = str(shared_model("realesr-animevideov3.pth"))
-    outputs = {}
-    for name, faces in (
-        ("off", None),
-        ("on", {"enhance": True, "weights_path": str(random_gfpgan)}),
-    ):
-        outputs[name] = tmp_path / f"{name}.mkv"
-        upscale_video(
-            input_path=str(clip),
-            output_path=str(outputs[name]),
-            settings=_settings(weights, faces, frames=3),
-            work_dir=str(tmp_path / "work"),
-        )
+    outputs = _off_and_on(clip, shared_model, random_gfpgan, tmp_path)
     with av.open(str(outputs["on"])) as container:
         assert container.streams.video[0].codec_context.pix_fmt == "yuv444p10le"
     off, _ = _decode(outputs["off"], "rgb48le")
@@ -337,9 +324,10 @@ def test_ten_bit_video_faces_restored_in_ten_bits(
     assert _manifest(outputs["on"])["faces"]["frames_with_faces"] == 3
 
 
-def test_video_without_faces_is_identical_with_faces_on(
-    plain_clip: Path, random_gfpgan: Path, shared_model: Callable[[str], Path], tmp_path: Path
-) -> None:
+def _off_and_on(
+    clip: Path, shared_model: Callable[[str], Path], random_gfpgan: Path, tmp_path: Path
+) -> dict[str, Path]:
+    """``clip`` upscaled in 3-frame batches without and with faces (random GFPGAN weights)."""
     from flows.upscale_video import upscale_video
 
     weights = str(shared_model("realesr-animevideov3.pth"))
@@ -350,11 +338,19 @@ def test_video_without_faces_is_identical_with_faces_on(
     ):
         outputs[name] = tmp_path / f"{name}.mkv"
         upscale_video(
-            input_path=str(plain_clip),
+            input_path=str(clip),
             output_path=str(outputs[name]),
             settings=_settings(weights, faces, frames=3),
             work_dir=str(tmp_path / "work"),
         )
+    return outputs
+
+
+def test_video_without_faces_is_identical_with_faces_on(
+    plain_clip: Path, random_gfpgan: Path, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+
+    outputs = _off_and_on(plain_clip, shared_model, random_gfpgan, tmp_path)
     off, off_pts = _decode(outputs["off"])
     on, on_pts = _decode(outputs["on"])
     assert on.shape[0] == 6 and on_pts == off_pts

@@ -50,19 +50,8 @@ class BatchRecord:
 
     @classmethod
     def of(cls, result: BatchResult) -> BatchRecord:
-        return cls(
-            result.index,
-            result.chunk,
-            result.frames,
-            result.chunk_bytes,
-            result.seconds_model,
-            result.host,
-            result.slurm_job_id,
-            result.face_frames,
-            result.faces,
-            result.face_largest,
-            result.face_sample,
-        )
+        """The fields of ``result`` this record keeps (same names; the rest is dropped)."""
+        return cls(**{f.name: getattr(result, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
