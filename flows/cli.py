@@ -214,8 +214,11 @@ def _prepare_prefect(verbose: bool, server: str, stack: contextlib.ExitStack) ->
                     file=sys.stderr,
                 )
             # Child processes (Dask workers) read the environment; this process's
-            # settings were read at import and are updated for the run.
+            # settings were read at import and are updated for the run. Both only for as
+            # long as ``stack`` is open: an in-process caller must not keep pointing at a
+            # server that stops itself once idle.
             os.environ["PREFECT_API_URL"] = state.api_url
+            stack.callback(os.environ.pop, "PREFECT_API_URL", None)
             stack.enter_context(temporary_settings(updates={PREFECT_API_URL: state.api_url}))
     if not verbose:
         run_logging.quiet_failures_on_console()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -362,7 +363,11 @@ def test_the_cli_refuses_in_one_line(
 ) -> None:
     output = tmp_path / "out.mp4"
     argv = ["upscale", str(sources["prores"]), "-o", str(output), "--weights", str(model_path)]
+    api_before = os.environ.get("PREFECT_API_URL")
     assert cli_main([*argv, "--no-progress"]) == 2
+    # The background server the run used is not left in this process's environment (CI:
+    # later CLI runs inherited it after it had stopped itself, idle).
+    assert os.environ.get("PREFECT_API_URL") == api_before
     err = capsys.readouterr().err.strip()
     assert err.startswith("vsrflow: error: ") and "\n" not in err
     assert "has an alpha channel" in err and "--alpha flatten" in err
