@@ -28,10 +28,9 @@ from tasks.storage import locations_for, result_storage_for
 from tasks.upscale import check_cached_chunk, upscale_batch
 from vsrflow.chunks import ChunkProblem
 from vsrflow.job import JobPlan, UpscaleJob
-from vsrflow.pipeline import BatchResult
 from vsrflow.plan import Batch
 from vsrflow.report import BatchCounts
-from vsrflow.results import BatchOutcome, BatchRecord
+from vsrflow.results import BatchOutcome, BatchRecord, BatchResult
 from vsrflow.window import WindowLog, window_size, worker_slots
 
 #: How often the flow resubmits a batch whose worker died (scancel, node failure, OOM kill).

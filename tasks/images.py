@@ -24,7 +24,7 @@ from vsrflow.errors import redacting
 from vsrflow.images import ImageResult, is_image_folder, pair_images, upscale_image_at
 from vsrflow.job import UpscaleJob
 from vsrflow.locations import Locations
-from vsrflow.models import get_model
+from vsrflow.models import model_facts
 from vsrflow.storage import S3Config
 
 #: Threads identifying sources and checking outputs while planning (HEAD requests on S3,
@@ -111,7 +111,7 @@ def plan_images(
             safety.check_folder_not_inside_input(input_path, output_path, s3)
         pairs = pair_images(locations, input_path, output_path)
         safety.check_image_pairs(pairs.pairs, s3)
-    weights = get_model(job.model, denoise_strength=job.denoise_strength).weights_sha256
+    weights = model_facts(job.model, denoise_strength=job.denoise_strength).weights_sha256
     if job.faces is not None:  # refused here in one line, before any image is upscaled
         from vsrflow.faces.step import check_face_job
 

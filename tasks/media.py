@@ -20,7 +20,7 @@ from vsrflow.media.assemble import (
     verify_output,
 )
 from vsrflow.media.probe import DEFAULT_MAX_PIXELS, MediaInfo, probe
-from vsrflow.models import get_model
+from vsrflow.models import model_facts
 from vsrflow.progress import write_listing
 from vsrflow.settings import UpscaleSettings
 
@@ -73,7 +73,7 @@ def plan_job(
             alpha=job.encoder.alpha,
             square_pixels=job.square_pixels,
         )
-    model = get_model(job.model, denoise_strength=job.denoise_strength)
+    model = model_facts(job.model, denoise_strength=job.denoise_strength)
     face_sha256 = None
     if job.faces is not None:  # refused here in one line, before any batch runs
         from vsrflow.faces.step import check_face_job

@@ -22,17 +22,15 @@ from tasks.caching import KeyedBy
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from vsrflow.chunks import ChunkProblem, check_chunk
-from vsrflow.engine import Upscaler
 from vsrflow.errors import redacting
 from vsrflow.job import UpscaleJob
 from vsrflow.media.probe import VideoParams
-from vsrflow.models import get_model
-from vsrflow.pipeline import BatchResult
-from vsrflow.pipeline import upscale_batch as run_batch
 from vsrflow.plan import Batch, chunk_name
 from vsrflow.progress import BatchProgress, listing_path, progress_dir
+from vsrflow.results import BatchResult
 
 if TYPE_CHECKING:
+    from vsrflow.engine import Upscaler
     from vsrflow.faces.job import FaceJob
     from vsrflow.faces.processor import FaceProcessor
 
@@ -104,8 +102,23 @@ def face_processor_for(
     return build(job, device=device, precision=precision)
 
 
+def run_batch(*args: Any, **kwargs: Any) -> BatchResult:
+    """:func:`vsrflow.pipeline.upscale_batch`, imported on the first call: the pipeline needs
+    torch, which only a process that runs batches (a worker) should import. A module
+    attribute, so the fault tests can wrap it."""
+    from vsrflow.pipeline import upscale_batch
+
+    return upscale_batch(*args, **kwargs)
+
+
 def upscaler_for(job: UpscaleJob) -> Upscaler:
-    """One model and one engine per worker process, reused by every batch it runs."""
+    """One model and one engine per worker process, reused by every batch it runs.
+
+    torch and the model code are imported here, on the worker, not when this module is: the
+    flow process imports it to submit batches and never runs the model."""
+    from vsrflow.engine import Upscaler
+    from vsrflow.models import get_model
+
     model = get_model(job.model, denoise_strength=job.denoise_strength, progress=False)
     key = (model.weights_sha256, job.device, job.engine)
     if key not in _upscalers:

@@ -513,8 +513,8 @@ def _cli_run(
     """``vsrflow upscale`` as a user runs it; its JSON summary."""
     command = [
         sys.executable,
-        "-m",
-        "flows.cli",
+        "-c",
+        _CLI_WITH_MODULE_REPORT,
         "upscale",
         str(source),
         "-o",
@@ -530,7 +530,19 @@ def _cli_run(
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
+    summary = json.loads(done.stdout)
+    report = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    summary["flow_process_modules"] = json.loads(report[-1])
+    return summary
+
+
+#: ``vsrflow upscale`` (flows.cli.main, what the console script runs), then, as the last line
+#: on stderr, which of torch and spandrel the flow process imported.
+_CLI_WITH_MODULE_REPORT = (
+    "import json, sys; from flows.cli import main; code = main(sys.argv[1:]); "
+    "print(json.dumps(sorted(m for m in ('torch', 'spandrel') if m in sys.modules)), "
+    "file=sys.stderr); sys.exit(code)"
+)
 
 
 def _sha256(path: Path) -> str:
@@ -551,6 +563,10 @@ def test_local_gpus_with_two_cpu_workers_matches_local(
         env, no_audio_clip.path, tmp_path / "gpus.mp4", model_path, "--profile", "local-gpus"
     )
     assert local["profile"] == "local" and gpus["profile"] == "local-gpus"
+    # The local profile runs batches in the flow process; local-gpus only orchestrates there,
+    # so the model (torch, spandrel) is loaded by the workers alone.
+    assert local["flow_process_modules"] == ["spandrel", "torch"]
+    assert gpus["flow_process_modules"] == []
     assert gpus["batches"] == local["batches"] == 6 == gpus["batches_computed"]
     # Two worker processes holding GPU=1 each: the flow saw two batch slots.
     assert set(gpus["window"]["peaks"]) == {"2"}, gpus["window"]

@@ -7,13 +7,12 @@ the model as a three-channel gray image (what Real-ESRGAN does: sharp edges), or
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from vsrflow.engine import Upscaler
+if TYPE_CHECKING:
+    from vsrflow.engine import Upscaler
 
 AlphaMode = Literal["model", "bicubic"]
 
@@ -24,6 +23,9 @@ def _peak(dtype: np.dtype) -> float:
 
 def resize_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic resize of (N, H, W) integer planes to (N, H', W') (``size`` = (H', W'))."""
+    import torch  # here, not at the top: planning code imports this module without torch
+    import torch.nn.functional as F
+
     peak = _peak(planes.dtype)
     t = torch.from_numpy(planes.astype(np.float32) / peak)[:, None]
     out = F.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)

@@ -15,7 +15,7 @@ import av
 
 from vsrflow.errors import ObjectNotFoundError, redacting
 from vsrflow.locations import Locations
-from vsrflow.pipeline import BatchResult
+from vsrflow.results import BatchResult
 
 
 @dataclass(frozen=True)

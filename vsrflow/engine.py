@@ -18,7 +18,6 @@ import copy
 import ctypes
 import ctypes.util
 import functools
-import math
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -29,15 +28,15 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
 from vsrflow.engine_settings import ENGINE_DEFAULTS, EngineSettings, Precision
+from vsrflow.geometry import check_output_size, output_geometry
 from vsrflow.memory import (
     PassPlan,
     auto_budget,
-    check_output_size,
     plan_pass,
     values_per_input_pixel,
 )
 
-__all__ = ["EngineSettings", "Precision", "Upscaler"]
+__all__ = ["EngineSettings", "Precision", "Upscaler", "output_geometry"]
 
 #: Environment switch for ``tune_cpu_allocator`` ("0" leaves glibc's defaults alone).
 MALLOC_TUNING_ENV = "VSRFLOW_CPU_MALLOC_TUNING"
@@ -287,32 +286,3 @@ class Upscaler:
         # faults) and a pass over memory. Same values as (clamp(y) * peak).round().
         y = y.mul_(peak).round_().to(out_dtype)
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def output_geometry(
-    width: int,
-    height: int,
-    model_scale: int,
-    *,
-    outscale: float | None = None,
-    target_height: int | None = None,
-    even: bool = True,
-) -> tuple[int, int]:
-    """Final (width, height): model scale by default, an arbitrary ``outscale`` factor, or a
-    ``target_height`` with the aspect ratio kept; rounded to even sizes when ``even``."""
-    if outscale is not None and target_height is not None:
-        raise ValueError("give outscale or target_height, not both")
-    if target_height is not None:
-        if target_height <= 0:
-            raise ValueError("target_height must be positive")
-        factor = target_height / height
-    elif outscale is not None:
-        if outscale <= 0:
-            raise ValueError("outscale must be positive")
-        factor = outscale
-    else:
-        factor = float(model_scale)
-    out_w, out_h = width * factor, height * factor
-    if even:
-        return max(2, 2 * math.floor(out_w / 2 + 0.5)), max(2, 2 * math.floor(out_h / 2 + 0.5))
-    return max(1, round(out_w)), max(1, round(out_h))

@@ -39,7 +39,6 @@ from PIL import Image
 from vsrflow import storage
 from vsrflow.alpha import AlphaMode, upscale_alpha
 from vsrflow.catalog import list_candidates, normalize_prefix
-from vsrflow.engine import Upscaler, output_geometry
 from vsrflow.errors import (
     CorruptMediaError,
     EmptyFileError,
@@ -50,9 +49,11 @@ from vsrflow.errors import (
     StorageUnavailableError,
     redact_urls,
 )
+from vsrflow.geometry import output_geometry
 from vsrflow.locations import Locations
 
 if TYPE_CHECKING:
+    from vsrflow.engine import Upscaler
     from vsrflow.faces.processor import FaceProcessor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from vsrflow.engine import EngineSettings, output_geometry
+from vsrflow.engine_settings import EngineSettings
 from vsrflow.faces.job import FaceJob
+from vsrflow.geometry import check_output_size, output_geometry
 from vsrflow.media.alpha import AlphaOutcome, alpha_outcome, describe_outcome
 from vsrflow.media.carry import Handling, plan_carry, square_pixel_size, without_captions
 from vsrflow.media.codecs import get_codec
@@ -20,7 +21,6 @@ from vsrflow.media.deinterlace import CYCLE as PULLDOWN_CYCLE
 from vsrflow.media.deinterlace import Decision, choose, with_outputs
 from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo, VideoParams
-from vsrflow.memory import check_output_size
 from vsrflow.plan import Batch, batch_frames, plan_batches
 from vsrflow.settings import UpscaleSettings
 

@@ -16,7 +16,6 @@ input and output) plus the final output, scaled by the pixel count.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +34,6 @@ AUTO_SHARE_CPU = 0.5
 #: Measured peaks run up to ~17 % above the estimate (uint8/float copies around the pass:
 #: 590 MB measured vs 504 MB estimated, 768x768 fp32 animevideov3): plan with this margin.
 SAFETY = 1.25
-#: Largest output frame accepted (pixels), VSRFLOW_MAX_OUTPUT_PIXELS: 16384 x 16384.
-DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
 
 
 @dataclass(frozen=True)
@@ -94,22 +91,6 @@ def auto_budget(device: torch.device) -> int:
     except OSError:
         pass
     return 4 << 30
-
-
-def max_output_pixels() -> int:
-    value = os.environ.get("VSRFLOW_MAX_OUTPUT_PIXELS", "")
-    return int(value) if value.isdigit() else DEFAULT_MAX_OUTPUT_PIXELS
-
-
-def check_output_size(height: int, width: int) -> None:
-    """Refuse an output frame beyond the pixel limit (before any memory is spent on it)."""
-    limit = max_output_pixels()
-    if height * width > limit:
-        raise FrameTooLargeError(
-            f"the output frame would be {width}x{height} ({height * width / 1e6:.0f} MP), over "
-            f"the limit of {limit / 1e6:.0f} MP (VSRFLOW_MAX_OUTPUT_PIXELS): lower outscale or "
-            "target_height, or split the picture"
-        )
 
 
 def plan_pass(

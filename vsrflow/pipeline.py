@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ from vsrflow.media.deinterlace import filtered_frames
 from vsrflow.media.encode import ChunkEncoder, EncoderSettings
 from vsrflow.media.probe import VideoParams
 from vsrflow.plan import Batch
+from vsrflow.results import BatchResult
 
 if TYPE_CHECKING:
     from vsrflow.faces.processor import FaceProcessor
@@ -53,31 +53,6 @@ QUEUE_DEPTH = 2
 _DONE = object()
 
 ProgressCallback = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one batch produced; small and JSON-able so Prefect can persist it as the cache."""
-
-    index: int
-    key: str
-    chunk: str
-    frames: int
-    seconds_total: float
-    seconds_model: float
-    precision: str
-    device: str
-    host: str
-    slurm_job_id: str | None
-    #: Size of the stored chunk, recorded with the cache record so a reuse can check it
-    #: (0: not recorded, e.g. a record of an older version).
-    chunk_bytes: int = 0
-    #: Face restoration (0 when off): frames with a restored face, faces restored, width in
-    #: output pixels of the largest one, and where its before/after crop PNG was written.
-    face_frames: int = 0
-    faces: int = 0
-    face_largest: float = 0.0
-    face_sample: str = ""
 
 
 class _Worker(threading.Thread):

@@ -9,10 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the pipeline imports torch; control flows import this module
-    from vsrflow.pipeline import BatchResult
+from typing import Any
 
 
 def as_json(record: Any) -> Any:
@@ -26,6 +23,31 @@ def as_json(record: Any) -> Any:
     if isinstance(record, list | tuple):
         return [as_json(v) for v in record]
     return record
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch produced; small and JSON-able so Prefect can persist it as the cache."""
+
+    index: int
+    key: str
+    chunk: str
+    frames: int
+    seconds_total: float
+    seconds_model: float
+    precision: str
+    device: str
+    host: str
+    slurm_job_id: str | None
+    #: Size of the stored chunk, recorded with the cache record so a reuse can check it
+    #: (0: not recorded, e.g. a record of an older version).
+    chunk_bytes: int = 0
+    #: Face restoration (0 when off): frames with a restored face, faces restored, width in
+    #: output pixels of the largest one, and where its before/after crop PNG was written.
+    face_frames: int = 0
+    faces: int = 0
+    face_largest: float = 0.0
+    face_sample: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from vsrflow.models.facts import ModelFacts, blended_digest, model_facts
     from vsrflow.models.loader import (
         SUPPORTED_PURPOSES,
         LoadedModel,
         blend_state_dicts,
-        blended_digest,
         clear_model_cache,
         descriptor_from_state_dict,
         get_model,
@@ -52,7 +52,9 @@ _LAZY: dict[str, str] = {
     "SUPPORTED_PURPOSES": "vsrflow.models.loader",
     "LoadedModel": "vsrflow.models.loader",
     "blend_state_dicts": "vsrflow.models.loader",
-    "blended_digest": "vsrflow.models.loader",
+    "blended_digest": "vsrflow.models.facts",
+    "ModelFacts": "vsrflow.models.facts",
+    "model_facts": "vsrflow.models.facts",
     "clear_model_cache": "vsrflow.models.loader",
     "descriptor_from_state_dict": "vsrflow.models.loader",
     "get_model": "vsrflow.models.loader",
@@ -103,6 +105,7 @@ __all__ = [
     "WEIGHT_SUFFIXES",
     "ContentPreset",
     "LoadedModel",
+    "ModelFacts",
     "ModelPurpose",
     "ModelSpec",
     "ResolvedWeights",
@@ -120,6 +123,7 @@ __all__ = [
     "get_spec",
     "list_specs",
     "load_model",
+    "model_facts",
     "model_for_content",
     "read_state_dict",
     "resolve_weights",

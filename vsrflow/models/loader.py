@@ -26,8 +26,6 @@ configured.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import pickle
 import threading
 import zipfile
@@ -49,6 +47,7 @@ from vsrflow.errors import (
     UnsafeWeightsError,
     UnsupportedArchitectureError,
 )
+from vsrflow.models.facts import blended_digest, check_unit_interval
 from vsrflow.models.weights import ResolvedWeights, resolve_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -183,7 +182,7 @@ def blend_state_dicts(
     Non-float tensors (counters, indices) cannot be interpolated and must be equal.
     Raises ``ValueError`` on mismatched keys or shapes or a weight outside [0, 1].
     """
-    weight_a = _check_unit_interval(weight_a, "weight_a")
+    weight_a = check_unit_interval(weight_a, "weight_a")
     if a.keys() != b.keys():
         only_a = sorted(set(a) - set(b))[:3]
         only_b = sorted(set(b) - set(a))[:3]
@@ -200,21 +199,6 @@ def blend_state_dicts(
         else:
             raise ValueError(f"{key}: non-float tensors differ and cannot be interpolated")
     return out
-
-
-def blended_digest(sha_a: str, sha_b: str, weight_a: float) -> str:
-    """Identity of a blend, for batch keys and caches: both files plus the exact weight."""
-    text = f"vsrflow-dni-v1\n{sha_a}\n{sha_b}\n{float(weight_a).hex()}"
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _check_unit_interval(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidDenoiseStrengthError(f"{what} must be a number in [0, 1], got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise InvalidDenoiseStrengthError(f"{what} must be in [0, 1], got {value}")
-    return value
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -236,7 +220,7 @@ def load_model(
     with ``cache_dir``/``search_path``/``allow_download``/``progress``), as Real-ESRGAN does
     for realesr-general-x4v3: 1 keeps the model as is, 0 is the partner's weights.
     """
-    strength = _check_unit_interval(denoise_strength, "denoise_strength")
+    strength = check_unit_interval(denoise_strength, "denoise_strength")
     spec = weights.spec
     state = read_state_dict(weights.path)
     digest = weights.sha256
@@ -301,7 +285,7 @@ def get_model(
     Keyed by (weights sha256, device, denoise_strength), so two names or paths for the same
     bytes share one model, and an edited user file is reloaded. Keeps the last few models.
     """
-    strength = _check_unit_interval(denoise_strength, "denoise_strength")
+    strength = check_unit_interval(denoise_strength, "denoise_strength")
     weights = resolve_weights(
         model,
         cache_dir=cache_dir,

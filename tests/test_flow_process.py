@@ -1,0 +1,146 @@
+"""Issue 11: the flow process orchestrates and never runs the model, so it never imports torch
+or spandrel (~6 s and ~900 MB each time a flow starts): planning learns a model's identity and
+scale from the registry, or from a child process once per user file (then from a record kept
+under the file's sha256); batches import the pipeline on the worker.
+
+Each import check runs in a fresh interpreter: this test process imported torch long ago.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from spandrel.architectures.Compact import Compact
+
+from vsrflow.errors import InvalidDenoiseStrengthError, ModelError
+from vsrflow.models import facts, get_model, model_facts
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: What a flow process imports: the flows, the tasks they submit, the CLI, the profiles.
+FLOW_PROCESS_MODULES = [
+    "flows.upscale_video",
+    "flows.upscale_images",
+    "flows.batches",
+    "flows.archive",
+    "flows.cli",
+    "tasks.media",
+    "tasks.upscale",
+    "tasks.images",
+    "tasks.artifacts",
+    "deployments.profiles",
+    "vsrflow.job",
+    "vsrflow.models.facts",
+]
+
+
+def _fresh_python(code: str, **env: str) -> str:
+    """Run ``code`` in a new interpreter at the repository root; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+_LOADED = "sorted(m for m in ('torch', 'spandrel') if m in sys.modules)"
+
+
+@pytest.mark.parametrize("module", FLOW_PROCESS_MODULES)
+def test_what_a_flow_process_imports_brings_no_torch(module: str) -> None:
+    out = _fresh_python(f"import json, sys, {module}; print(json.dumps({_LOADED}))")
+    assert json.loads(out) == [], f"importing {module} imported {out.strip()}"
+
+
+def test_a_release_file_is_described_by_the_registry_without_torch(
+    shared_model: Callable[[str], Path],
+) -> None:
+    """The same identity and scale as the loaded model, by path and by registry name (the
+    search path holds the release file), and the planning process stays torch-free."""
+    path = shared_model("realesr-animevideov3.pth")
+    code = (
+        "import json, sys; from vsrflow.models import model_facts; "
+        f"by_path = model_facts({str(path)!r}); by_name = model_facts('realesr-animevideov3'); "
+        "print(json.dumps([by_path.weights_sha256, by_path.scale, by_name.weights_sha256, "
+        f"by_name.scale, by_name.name, {_LOADED}]))"
+    )
+    out = json.loads(_fresh_python(code, VSRFLOW_MODEL_PATH=str(path.parent)))
+    loaded = get_model(str(path), progress=False)
+    assert out == [
+        loaded.weights_sha256,
+        loaded.scale,
+        loaded.weights_sha256,
+        loaded.scale,
+        "realesr-animevideov3",
+        [],
+    ]
+
+
+def _compact_x2(path: Path) -> Path:
+    """A small random SRVGGNetCompact x2 saved as a user ``.pth`` (no such release exists)."""
+    torch.manual_seed(0)
+    model = Compact(num_feat=8, num_conv=2, upscale=2)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_a_user_file_is_inspected_in_a_child_once_then_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = _compact_x2(tmp_path / "my-x2.pth")
+    cache = tmp_path / "cache"
+    first = model_facts(str(weights), cache_dir=cache)
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (first.name, first.weights_sha256, first.scale) == ("my-x2", sha256, 2)
+    record = json.loads((cache / facts.FACTS_FOLDER / f"{sha256}.json").read_text())
+    assert record["scale"] == 2 and record["architecture"] == "Compact"
+    loaded = get_model(str(weights), progress=False)
+    assert (loaded.weights_sha256, loaded.scale) == (first.weights_sha256, first.scale)
+
+    def no_child(path: Path) -> dict[str, object]:
+        raise AssertionError(f"{path} was inspected again")
+
+    monkeypatch.setattr(facts, "inspect_in_child", no_child)
+    assert model_facts(str(weights), cache_dir=cache) == first
+    # The same bytes under another name: the record is keyed by content, not by path.
+    renamed = tmp_path / "renamed.pth"
+    renamed.write_bytes(weights.read_bytes())
+    assert model_facts(str(renamed), cache_dir=cache).scale == 2
+
+
+def test_a_user_file_that_is_no_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    weights = tmp_path / "not-a-model.pth"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, weights)
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError, match="does not recognise this model") as caught:
+        model_facts(str(weights), cache_dir=cache)
+    message = str(caught.value)
+    assert "\n" not in message and str(weights) in message
+    assert not (cache / facts.FACTS_FOLDER).exists() or not any(
+        (cache / facts.FACTS_FOLDER).iterdir()
+    )
+
+
+def test_blending_a_model_without_a_denoise_partner_is_refused_as_the_loader_does(
+    tmp_path: Path,
+) -> None:
+    weights = _compact_x2(tmp_path / "mine.pth")
+    for resolve in (model_facts, get_model):
+        with pytest.raises(InvalidDenoiseStrengthError, match="needs a model with a denoise"):
+            resolve(str(weights), denoise_strength=0.5)  # type: ignore[operator]
+    with pytest.raises(InvalidDenoiseStrengthError, match=r"must be in \[0, 1\]"):
+        model_facts(str(weights), denoise_strength=1.5)
