@@ -301,6 +301,15 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             f"<= {target['import_s']} s, no",
             imported <= target["import_s"] and not st["control_flow_imports_torch"],
         )
+        if "video_flow_import_s" in st:
+            add(
+                "9 startup",
+                "upscale-video flow: import time (torch/spandrel imported?)",
+                f"{st['video_flow_import_s']:.2f} s "
+                f"({'yes' if st['video_flow_imports_torch'] else 'no'})",
+                "no torch",
+                not st["video_flow_imports_torch"],
+            )
         for key, label in (
             ("cli_temporary_server", "CLI wall - upscale stage: temporary server per run"),
             ("cli_background_first", "same: first run, starts the background server"),
@@ -339,6 +348,20 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             f"{full['batches']}, {full['upscale_stage_s']:.0f} s, {full['batch_model_s']:.0f} s",
         )
         add("10 feature", "output frames = source frames", "yes" if ft["frames_exact"] else "NO")
+    wm = r.get("workermem")
+    if wm and "error" not in wm:
+        for key, label in (("peer", "the peer's settings"), ("defaults", "the defaults")):
+            run = wm[key]
+            plain, pipeline = run["plain"], run["pipeline"]
+            add(
+                "11 workermem",
+                f"worker peak RSS - plain forward's, {wm['size'][0]}x{wm['size'][1]} x4, "
+                f"{label} ({plain['precision']}, {run['frames_per_pass']}/pass)",
+                f"{run['pipeline_over_plain_mb']:+.0f} MB "
+                f"({pipeline['peak_rss_mb']:.0f} vs {plain['peak_rss_mb']:.0f} MB)",
+                f"<= +{wm['target_over_plain_mb']:.0f} MB",
+                run["pipeline_over_plain_mb"] <= wm["target_over_plain_mb"],
+            )
     return rows
 
 

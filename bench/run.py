@@ -29,7 +29,9 @@ loads cannot be compared:
    stage with a temporary Prefect server per run vs the background server it starts once;
 10. a feature-length film (2 hours at 32x18; 30 minutes with --quick) and a quarter of it
    through the CLI: flow-process peak RSS (must not grow with the length), batches, window,
-   frames exact.
+   frames exact;
+11. worker memory: a worker's peak RSS against a plain decode -> forward -> encode loop's at
+   the same settings (640x272 x4; the peer's fp32 one frame per pass, and the defaults).
 
 The machine may be shared: other processes can take CPU while we measure. Each timed run
 therefore records the share of the machine's CPU used by processes OUTSIDE our process tree
@@ -85,15 +87,16 @@ from bench.sections.slurm import run_slurm  # noqa: E402
 from bench.sections.speed import run_speed  # noqa: E402
 from bench.sections.startup import run_startup  # noqa: E402
 from bench.sections.sweeps import run_sweeps, worker_compile_cold  # noqa: E402
+from bench.sections.workermem import run_workermem, worker_pipeline, worker_plain  # noqa: E402
 
 SECTIONS = (
     "sweeps", "alloc", "core", "flow", "encoder", "baseline", "rss", "orchestration", "slurm",
-    "startup", "feature",
+    "startup", "feature", "workermem",
 )  # fmt: skip
 #: "core" (model / engine / pipeline) and "flow" are timed together, in the same rounds.
 _RUN_ORDER = (
     "sweeps", "alloc", "speed", "encoder", "baseline", "rss", "orchestration", "slurm",
-    "startup", "feature",
+    "startup", "feature", "workermem",
 )  # fmt: skip
 
 
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(worker_compile_cold(Path(rest[0]))))
         elif kind == "rss":
             print(json.dumps(worker_rss(Path(rest[0]), Path(rest[1]))))
+        elif kind in ("mem-plain", "mem-pipeline"):
+            child = worker_plain if kind == "mem-plain" else worker_pipeline
+            print(json.dumps(child(Path(rest[0]), Path(rest[1]), rest[2], int(rest[3]))))
         return 0
     if not (SHARED / "models" / WEIGHTS_NAME).exists():
         print(f"bench: shared data not found in {SHARED} (set VSRFLOW_SHARED_DIR)", file=sys.stderr)
@@ -158,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "slurm": lambda: run_slurm(clip, sizes.frames, scratch),
             "startup": lambda: run_startup(warm_clip, scratch),
             "feature": lambda: run_feature(scratch, args.quick),
+            "workermem": lambda: run_workermem(scratch, args.quick),
         }
         for name in _RUN_ORDER:
             keys = ["core", "flow"] if name == "speed" else [name]

@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 import yaml
 from prefect_dask import DaskTaskRunner
 
 BUILTIN_PROFILES = Path(__file__).with_name("profiles.yaml")
+#: Dask keeps the last ``low-level-log-length`` (1000) messages each connection sent, and as
+#: many scheduler transitions, for debugging. Each batch submission is ~35 KB of pickled task
+#: and Prefect context, so the flow process (client and scheduler) grew ~0.15 MB a batch up
+#: to the first thousand messages: 248 MB for a 300-batch film against 208 MB for 113
+#: batches. A hundred keep the logs useful and the flow flat.
+DASK_MESSAGE_LOG = "distributed.admin.low-level-log-length"
+DASK_MESSAGE_LOG_LENGTH = 100
 PROFILES_ENV = "VSRFLOW_PROFILES"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -35,9 +43,18 @@ class Profile:
     needs_api_server: bool = False
     description: str = ""
 
+    @property
+    def runs_batches_here(self) -> bool:
+        """Batches run in the flow's own process: a local Dask cluster of threads (the
+        ``local`` profile), so the flow process loads the model itself."""
+        kwargs = self.task_runner.get("cluster_kwargs") or {}
+        local = self.task_runner.get("cluster_class") in (None, "distributed.LocalCluster")
+        return local and kwargs.get("processes") is False
+
     def make_task_runner(self) -> DaskTaskRunner:
         # Dask's per-worker INFO banners drown the flow's own log lines.
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        dask.config.set({DASK_MESSAGE_LOG: DASK_MESSAGE_LOG_LENGTH})
         return DaskTaskRunner(**self.task_runner)
 
 

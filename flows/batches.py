@@ -80,6 +80,37 @@ def _cluster_slots(batch_resources: dict[str, float]) -> int | None:
     return worker_slots(workers, batch_resources)
 
 
+def _slim_context(batches: int) -> None:
+    """Keep this subflow's parameters out of what every batch task carries.
+
+    Prefect ships the flow run's context with each task it submits (``serialize_context``):
+    this subflow's parameters and its flow run record, both holding the plan's every batch,
+    pickled and tokenized again for each submission. Submitting was therefore O(batches)
+    each, O(batches^2) a run, and the flow process grew with the film. The batch tasks read
+    neither (their arguments carry what they need) and the API keeps the run's parameters,
+    so the context keeps the batch count only."""
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    context.parameters = {"batches": batches}
+    if context.flow_run is not None:
+        context.flow_run = context.flow_run.model_copy(update={"parameters": {}})
+
+
+def _forget_result(result: BatchResult) -> None:
+    """Drop Prefect's dependency links to a finished batch's result.
+
+    Prefect maps the id of every task result (and of each of its fields) to the task's
+    state in ``FlowRunContext.run_results``, to find upstream tasks when a result is passed
+    to another task; that map lives as long as the flow run. Batch results are never passed
+    on (assembly gets :class:`BatchRecord` copies), so their entries would only grow it."""
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    for value in (result, *vars(result).values()):
+        context.run_results.pop(id(value), None)
+
+
 @flow(name="upscale-batches", log_prints=True)
 def upscale_batches(
     plan: JobPlan,
@@ -96,6 +127,7 @@ def upscale_batches(
     A batch whose chunk planning did not find is recomputed even if a cache record exists
     (a record without its chunk must not be trusted)."""
     logger = get_run_logger()
+    _slim_context(len(plan.batches))
     resources = dict(batch_resources or {})
     task = upscale_batch.with_options(
         result_storage=result_storage_for(work_dir, credentials_block)
@@ -146,6 +178,7 @@ def upscale_batches(
                     continue
                 cached += 1
             records[batch.index] = BatchRecord.of(result)
+            _forget_result(result)
         except Exception as exc:
             lost = resubmits.get(batch.index, 0)
             if not _is_worker_loss(exc) or lost >= WORKER_LOSS_RESUBMITS:

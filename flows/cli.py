@@ -122,6 +122,16 @@ def _settings(args: argparse.Namespace) -> UpscaleSettings:
         raise ValueError(describe(exc)) from None
 
 
+def _runs_batches_here(profile: str) -> bool:
+    """Whether ``profile`` runs batches in this process (then the model is preloaded)."""
+    from deployments.profiles import get_profile
+
+    try:
+        return get_profile(profile).runs_batches_here
+    except ValueError:  # unknown profile or variable: the flow refuses it in one line
+        return False
+
+
 def _placement(args: argparse.Namespace) -> dict[str, Any]:
     return {"profile": args.profile, "work_dir": args.work_dir or ""}
 
@@ -294,6 +304,11 @@ def _upscale(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     # Fail fast, before Prefect starts, with one line for a run the flow would refuse.
     work_dir = args.work_dir or default_work_dir(args.output)
     safety.check_video_job(args.input, args.output, work_dir)
+    if _runs_batches_here(args.profile):
+        from tasks.upscale import preload_model
+        from vsrflow.job import UpscaleJob
+
+        preload_model(UpscaleJob.from_settings(settings))
     _prepare_prefect(args.verbose, args.server, stack)
     from flows.upscale_video import upscale_video
     from vsrflow.media.assemble import check_output_compatible

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -109,6 +110,32 @@ def run_batch(*args: Any, **kwargs: Any) -> BatchResult:
     from vsrflow.pipeline import upscale_batch
 
     return upscale_batch(*args, **kwargs)
+
+
+def preload_model(job: UpscaleJob) -> threading.Thread:
+    """Import torch and load ``job``'s model in a daemon thread, now.
+
+    For a process that will run batches itself (the local profile), this overlaps 3-6 s of
+    start-up (torch, spandrel, reading the weights) with the Prefect server check, the flow
+    run's creation, probing and planning; the first batch then finds the model in
+    :func:`vsrflow.models.get_model`'s per-process memo. Weights that are not on this
+    machine yet are left to planning, which fetches them once; any failure is left to the
+    batch, which reports it."""
+
+    def load() -> None:
+        from vsrflow.models import get_model
+
+        with contextlib.suppress(Exception):
+            get_model(
+                job.model,
+                denoise_strength=job.denoise_strength,
+                allow_download=False,
+                progress=False,
+            )
+
+    thread = threading.Thread(target=load, name="vsrflow-preload-model", daemon=True)
+    thread.start()
+    return thread
 
 
 def upscaler_for(job: UpscaleJob) -> Upscaler:

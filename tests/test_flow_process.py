@@ -144,3 +144,44 @@ def test_blending_a_model_without_a_denoise_partner_is_refused_as_the_loader_doe
             resolve(str(weights), denoise_strength=0.5)  # type: ignore[operator]
     with pytest.raises(InvalidDenoiseStrengthError, match=r"must be in \[0, 1\]"):
         model_facts(str(weights), denoise_strength=1.5)
+
+
+def test_profiles_say_whether_batches_run_in_the_flow_process() -> None:
+    from deployments.profiles import get_profile
+
+    assert get_profile("local").runs_batches_here
+    assert not get_profile("local-gpus").runs_batches_here
+    assert not get_profile("slurm").runs_batches_here
+
+
+def test_preloading_leaves_the_model_for_the_first_batch(
+    shared_model: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI's preload (local profile) loads into get_model's memo, so the batch's own
+    get_model call finds it; an absent registry model is not fetched by the preload."""
+    from tasks.upscale import preload_model
+    from vsrflow.job import UpscaleJob
+    from vsrflow.models import clear_model_cache, loader
+
+    path = str(shared_model("realesr-animevideov3.pth"))
+    clear_model_cache()
+    preload_model(UpscaleJob(model=path)).join(timeout=300)
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded again")
+
+    monkeypatch.setattr(loader, "load_model", no_load)
+    assert get_model(path, progress=False).scale == 4
+
+    downloads: list[object] = []
+
+    def download(*args: object, **kwargs: object) -> None:
+        downloads.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr("vsrflow.models.weights._download", download)
+    monkeypatch.setenv("VSRFLOW_MODEL_PATH", "")
+    monkeypatch.setenv("VSRFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    thread = preload_model(UpscaleJob(model="RealESRGAN_x4plus"))
+    thread.join(timeout=60)
+    assert not thread.is_alive() and downloads == []

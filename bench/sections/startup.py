@@ -2,6 +2,8 @@
 
 - control flows: wall time of ``import flows.archive`` in a fresh interpreter, and whether
   torch or spandrel came with it (they must not: a watch run lists a bucket every minute);
+  the same for ``flows.upscale_video`` (the flow process plans and orchestrates; only the
+  processes that run batches load the model);
 - the CLI on a short clip: its wall time minus the flow's upscale stage, with Prefect's
   per-run temporary server (``--server temporary``), with the background server's first run
   (it starts the server) and with a later run (it reuses it).
@@ -24,10 +26,33 @@ TARGET_IMPORT_S = 1.5
 TARGET_CLI_FIXED_S = 3.0
 
 _IMPORT_PROBE = (
-    "import json, sys, time; t = time.perf_counter(); import flows.archive; "
+    "import importlib, json, sys, time; t = time.perf_counter(); "
+    "importlib.import_module(sys.argv[1]); "
     "print(json.dumps({'seconds': time.perf_counter() - t, "
     "'torch': 'torch' in sys.modules, 'spandrel': 'spandrel' in sys.modules}))"
 )
+
+
+def _import(module: str, home: Path) -> dict[str, Any]:
+    """Best of three fresh interpreters importing ``module``: seconds, and whether torch or
+    spandrel came with it."""
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _IMPORT_PROBE, module],
+                cwd=REPO,
+                env=_env(home),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        for _ in range(3)
+    ]
+    return {
+        "seconds": round(min(r["seconds"] for r in runs), 3),
+        "imports_torch": any(r["torch"] or r["spandrel"] for r in runs),
+    }
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -59,19 +84,9 @@ def _cli_run(clip: Path, out: Path, env: dict[str, str], *extra: str) -> dict[st
 
 
 def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
-    imports = [
-        json.loads(
-            subprocess.run(
-                [sys.executable, "-c", _IMPORT_PROBE],
-                cwd=REPO,
-                env=_env(scratch / "import-home"),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        for _ in range(3)
-    ]
+    control = _import("flows.archive", scratch / "import-home")
+    # What the CLI and a deployment run import: planning and orchestration, no model.
+    video = _import("flows.upscale_video", scratch / "import-home")
     home = scratch / "startup-home"
     env = _env(home)
     try:
@@ -87,8 +102,10 @@ def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
             check=False,
         )
     return {
-        "control_flow_import_s": round(min(i["seconds"] for i in imports), 3),
-        "control_flow_imports_torch": any(i["torch"] or i["spandrel"] for i in imports),
+        "control_flow_import_s": control["seconds"],
+        "control_flow_imports_torch": control["imports_torch"],
+        "video_flow_import_s": video["seconds"],
+        "video_flow_imports_torch": video["imports_torch"],
         "cli_temporary_server": temporary,
         "cli_background_first": first,
         "cli_background_later": later,
