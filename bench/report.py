@@ -465,6 +465,14 @@ def write_reports(results: dict[str, Any], out_dir: Path) -> str:
         for k, v in results.items()
         if isinstance(v, dict) and "error" in v
     ]
+    merged = results.get("merged_sections") or {}
+    if merged:
+        runs: dict[str, list[str]] = {}
+        for section, run in merged.items():
+            runs.setdefault(run, []).append(section)
+        header += "; from earlier runs: " + "; ".join(
+            f"{', '.join(sections)} ({run})" for run, sections in runs.items()
+        )
     text = "\n\n".join([header, render_table(rows), *errors])
     out_dir.mkdir(parents=True, exist_ok=True)
     results["table"] = [dataclasses.asdict(row) for row in rows]

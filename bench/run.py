@@ -100,12 +100,33 @@ _RUN_ORDER = (
 )  # fmt: skip
 
 
+def merge_earlier(results: dict[str, Any], earlier_path: Path) -> None:
+    """Add the sections of an earlier results.json that ``results`` lacks, each labelled
+    with the run it was measured in (``merged_sections``: section -> that run)."""
+    if not earlier_path.is_file():
+        return
+    earlier = json.loads(earlier_path.read_text())
+    labels = earlier.get("merged_sections", {})
+    merged: dict[str, str] = {}
+    for key in SECTIONS:
+        if key in earlier and key not in results:
+            results[key] = earlier[key]
+            merged[key] = labels.get(key, f"{earlier['mode']} run of {earlier['started']}")
+    results["merged_sections"] = merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer rounds")
     parser.add_argument("--no-slurm", action="store_true", help="skip Slurm 1 vs 2 workers")
     parser.add_argument("--only", help=f"comma-separated sections of: {','.join(SECTIONS)}")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the sections of the results dir's earlier run that this run does not measure "
+        "(each section's ratios still come from one run; the report names each section's run)",
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(argv)
 
@@ -186,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    if args.merge:
+        merge_earlier(results, args.results_dir / "results.json")
     print("\n" + write_reports(results, args.results_dir))
     print(f"\nsaved {args.results_dir}/results.json, results.md, plot.png")
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0

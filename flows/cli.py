@@ -122,6 +122,15 @@ def _settings(args: argparse.Namespace) -> UpscaleSettings:
         raise ValueError(describe(exc)) from None
 
 
+def _server_starts_with_the_run(server: str) -> bool:
+    """Whether Prefect's temporary server will start when the flow run is created (no API
+    URL, ``--server temporary``). Only then does a refusal found by probing here save time:
+    with a running server the flow's plan task refuses the same output just as early."""
+    from prefect.settings import PREFECT_API_URL
+
+    return server == "temporary" and not PREFECT_API_URL.value()
+
+
 def _runs_batches_here(profile: str) -> bool:
     """Whether ``profile`` runs batches in this process (then the model is preloaded)."""
     from deployments.profiles import get_profile
@@ -315,7 +324,8 @@ def _upscale(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from vsrflow.media.probe import probe
     from vsrflow.report import artifact_key
 
-    if "://" not in args.input:
+    if "://" not in args.input and _server_starts_with_the_run(args.server):
+        # Prefect's temporary server starts with the flow run (8-14 s): refuse first.
         check_output_compatible(
             probe(args.input),
             args.output,

@@ -24,15 +24,16 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from botocore.client import BaseClient
-from botocore.config import Config
-from prefect_aws import AwsCredentials, S3Bucket
-from prefect_aws.client_parameters import AwsClientParameters
+from typing import TYPE_CHECKING
 
 from vsrflow import storage
 from vsrflow.locations import Locations
 from vsrflow.storage import S3Config
+
+if TYPE_CHECKING:  # prefect_aws costs ~0.35 s to import: only runs with S3 pay it
+    from botocore.client import BaseClient
+    from botocore.config import Config
+    from prefect_aws import AwsCredentials
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class CredentialsBlockError(ValueError):
 
 def load_credentials_block(name: str) -> AwsCredentials:
     """The saved AwsCredentials block ``name``, or an error that says which parameter to fix."""
+    from prefect_aws import AwsCredentials
+
     try:
         return AwsCredentials.load(name, _sync=True)
     except ValueError as exc:
@@ -112,6 +115,9 @@ def result_storage_for(work_dir: str, credentials_block: str | None) -> Path | s
     """
     if not storage.is_s3_uri(work_dir):
         return Path(work_dir) / "results"
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
     bucket, prefix = storage.parse_s3_uri(storage.join_uri(work_dir, "results"))
     if credentials_block:
         credentials = load_credentials_block(credentials_block)
