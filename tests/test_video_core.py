@@ -580,3 +580,35 @@ def test_encoder_failure_is_raised(
     error = _run_in_thread(_first_batch_job(run, tmp_path, upscaler), timeout=30)
     assert isinstance(error, RuntimeError) and "injected" in str(error)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_odd_target_size_is_rounded_to_even_for_4_2_0_and_encodes(
+    no_audio_clip: mf.FixtureInfo, model: LoadedModel, upscaler: Upscaler, tmp_path: Path
+) -> None:
+    """h264 writes 4:2:0, which libx264 refuses at odd sizes: a target height that scales the
+    frame to an odd size is planned at the nearest even one, and the batch encodes."""
+    from vsrflow.media.codecs import CODEC_PRESETS
+
+    assert all(preset.needs_even_size for preset in CODEC_PRESETS.values())  # all subsample
+    info = probe(no_audio_clip.path)
+    height = info.video.height * 3 // 2 + 1  # odd, and an odd width with it
+    job = UpscaleJob(model="x", engine=ENGINE, target_height=height)
+    plan = make_plan(
+        info, job, weights_sha256=model.weights_sha256, model_scale=4, source_sha256="odd"
+    )
+    exact_width = info.video.width * height / info.video.height
+    assert plan.out_size[1] == height + 1 and plan.out_size[0] % 2 == 0
+    assert abs(plan.out_size[0] - exact_width) <= 1
+    batch = plan.batches[0]
+    result = upscale_batch(
+        plan.video,
+        batch,
+        upscaler,
+        tmp_path / chunk_name(batch),
+        encoder=job.encoder,
+        out_size=plan.out_size,
+    )
+    with av.open(str(result.chunk)) as chunk:
+        stream = chunk.streams.video[0]
+        assert (stream.width, stream.height) == plan.out_size
+        assert sum(1 for _ in chunk.decode(stream)) == batch.output_frames

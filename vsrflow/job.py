@@ -171,8 +171,7 @@ def make_plan(
     )
     sar = video.sample_aspect_ratio
     if job.square_pixels and sar is not None and sar != 1:
-        # Always even (issue 10: "even dimensions"): ``CodecPreset.needs_even_size`` reads
-        # a 0x0 VideoFormat and says False for 4:2:0, and libx264 refuses an odd 4:2:0 width.
+        # Always even (issue 10: "even dimensions"), whatever the codec's chroma layout.
         out_size = square_pixel_size(out_size[1], video.display_aspect_ratio, even=True)
     carry, properties = plan_carry(
         label=info.path,

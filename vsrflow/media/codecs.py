@@ -50,11 +50,13 @@ class CodecPreset:
 
     @property
     def needs_even_size(self) -> bool:
-        """4:2:0 halves both dimensions of chroma, 4:2:2 the width; both want even sizes."""
-        fmt = av.VideoFormat(self.pix_fmt_8bit)
-        return any(c.width != fmt.width for c in fmt.components) or any(
-            c.height != fmt.height for c in fmt.components
-        )
+        """4:2:0 halves both dimensions of chroma, 4:2:2 the width; both want even sizes.
+
+        Read off a 2x2 format: at PyAV's default 0x0 every plane is 0 wide, which made
+        this False for 4:2:0, and an odd outscale/target-height size then failed in the
+        encoder of every batch instead of being rounded to even here."""
+        fmt = av.VideoFormat(self.pix_fmt_8bit, 2, 2)
+        return any(c.width != 2 or c.height != 2 for c in fmt.components)
 
 
 CODEC_PRESETS: dict[str, CodecPreset] = {
