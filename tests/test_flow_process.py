@@ -20,7 +20,7 @@ import pytest
 import torch
 from spandrel.architectures.Compact import Compact
 
-from vsrflow.errors import InvalidDenoiseStrengthError, ModelError
+from vsrflow.errors import InvalidDenoiseStrengthError, ModelError, WeightsDownloadError
 from vsrflow.models import facts, get_model, model_facts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,3 +185,15 @@ def test_preloading_leaves_the_model_for_the_first_batch(
     thread = preload_model(UpscaleJob(model="RealESRGAN_x4plus"))
     thread.join(timeout=60)
     assert not thread.is_alive() and downloads == []
+
+
+def test_registry_weights_out_of_reach_name_the_fetch_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning refuses in one line that gives the step for an offline machine."""
+    monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", "http://127.0.0.1:9/closed/")  # never online
+    with pytest.raises(WeightsDownloadError) as caught:
+        model_facts("RealESRGAN_x4plus", cache_dir=tmp_path / "cache", search_path=[])
+    message = str(caught.value)
+    assert "\n" not in message and "downloading RealESRGAN_x4plus" in message
+    assert "`vsrflow models fetch RealESRGAN_x4plus`" in message and "--weights" in message

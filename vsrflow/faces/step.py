@@ -42,7 +42,7 @@ from vsrflow.faces.restore import FaceRestorer, get_face_model
 from vsrflow.faces.track import TrackSettings
 from vsrflow.media.decode import decode_range
 from vsrflow.media.probe import VideoParams
-from vsrflow.models.weights import ENV_MODEL_PATH
+from vsrflow.models.weights import fetch_hint
 
 #: Source frames detected per forward pass of the detector.
 DETECT_CHUNK = 16
@@ -94,16 +94,7 @@ def check_face_job(job: FaceJob) -> str:
     except WeightsDownloadError as exc:
         # Workers are often offline (clusters, air-gapped hosts): say how to get the file
         # there, not just that the download failed.
-        raise WeightsDownloadError(f"{exc} {fetch_hint(job.model)}") from exc
-
-
-def fetch_hint(name: str) -> str:
-    """The one-command step that puts registry face weights where every run finds them."""
-    return (
-        f"Fetch them once on a machine that can reach the release: `vsrflow models fetch"
-        f" {name}` (into VSRFLOW_MODEL_CACHE), or copy the release file into a directory of"
-        f" {ENV_MODEL_PATH}, or pass your own file with --face-weights."
-    )
+        raise WeightsDownloadError(f"{exc} {fetch_hint(job.model, '--face-weights')}") from exc
 
 
 def _context_start(video: VideoParams, start_pts: int, frames: int) -> int:
@@ -211,7 +202,6 @@ __all__ = [
     "check_face_job",
     "clear_face_step_cache",
     "face_processor_for",
-    "fetch_hint",
     "plan_batch_faces",
     "sample_png",
 ]

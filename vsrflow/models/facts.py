@@ -28,9 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsrflow.errors import InvalidDenoiseStrengthError, ModelError
+from vsrflow.errors import InvalidDenoiseStrengthError, ModelError, WeightsDownloadError
 from vsrflow.models.registry import ModelSpec, list_specs
-from vsrflow.models.weights import ResolvedWeights, default_cache_dir, resolve_weights
+from vsrflow.models.weights import (
+    ResolvedWeights,
+    default_cache_dir,
+    fetch_hint,
+    resolve_weights,
+)
 
 #: Folder of the model cache that holds one ``<sha256>.json`` per inspected user file.
 FACTS_FOLDER = "facts"
@@ -150,7 +155,10 @@ def model_facts(
         "allow_download": allow_download,
         "progress": progress,
     }
-    weights = resolve_weights(model, **fetch)
+    try:
+        weights = resolve_weights(model, **fetch)
+    except WeightsDownloadError as exc:
+        raise WeightsDownloadError(f"{exc} {fetch_hint(model, '--weights')}") from exc
     digest = weights.sha256
     if strength != 1.0:  # before any inspection: refused at once
         spec = weights.spec

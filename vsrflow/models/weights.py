@@ -223,6 +223,16 @@ def _sweep_partial_downloads(cache: Path) -> None:
         sweep(cache, legacy=_is_partial_download)
 
 
+def fetch_hint(name: str, own_file_option: str) -> str:
+    """The one-command step that puts registry weights where every run finds them (workers
+    are often offline: clusters, air-gapped hosts), or the option for one's own file."""
+    return (
+        f"Fetch them once on a machine that can reach the release: `vsrflow models fetch"
+        f" {name}` (into {ENV_MODEL_CACHE}), or copy the release file into a directory of"
+        f" {ENV_MODEL_PATH}, or pass your own file with {own_file_option}."
+    )
+
+
 def _download(spec: ModelSpec, cache: Path, *, progress: bool) -> Path:
     """Stream ``spec`` into ``cache`` atomically; return the final path.
 
@@ -355,6 +365,7 @@ __all__ = [
     "default_cache_dir",
     "default_search_path",
     "download_url",
+    "fetch_hint",
     "fetch_weights",
     "file_sha256",
     "resolve_weights",
