@@ -348,6 +348,18 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             f"{full['batches']}, {full['upscale_stage_s']:.0f} s, {full['batch_model_s']:.0f} s",
         )
         add("10 feature", "output frames = source frames", "yes" if ft["frames_exact"] else "NO")
+        sd = ft.get("sd")
+        if sd:
+            share = sd["outside_batches_share"]
+            limit = target.get("outside_batches_share", 0.05)
+            add(
+                "10 feature",
+                f"{sd['minutes']} min at {sd['size'][0]}x{sd['size'][1]}: upscale stage outside "
+                f"batch tasks ({sd['batches']} batches)",
+                f"{share:.1%} ({sd['outside_batches_s']:.1f} of {sd['upscale_stage_s']:.0f} s)",
+                f"<= {limit:.0%}",
+                share <= limit,
+            )
     wm = r.get("workermem")
     if wm and "error" not in wm:
         for key, label in (("peer", "the peer's settings"), ("defaults", "the defaults")):

@@ -60,6 +60,8 @@ class BatchRecord:
     chunk: str
     frames: int
     chunk_bytes: int
+    #: The batch's wall time inside its task and the model's share of it.
+    seconds_total: float
     seconds_model: float
     host: str
     slurm_job_id: str | None

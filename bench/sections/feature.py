@@ -7,7 +7,8 @@ full length (2 hours, 172,800 frames; 30 minutes with ``--quick``) and a quarter
 Reported: the flow process's peak RSS for both (bounded submission: it must not grow with the
 length), batches (task runs) and the batch-count cap, the submission window, the upscale
 stage against the model seconds the batches reported, and the output's frame count against
-the source's.
+the source's. A third, shorter film at 320x180 (3 minutes; 1 with ``--quick``) measures the
+share of the upscale stage spent outside batch tasks when the model does real work.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ from bench.common import REPO, SHARED, WEIGHTS_NAME
 TARGET_FLOW_RSS_MB = 500.0
 TARGET_RSS_GROWTH = 1.10
 SIZE = (32, 18)
+#: Frames the size of the speed section's (320x180 -> 1280x720) for the orchestration share.
+SD_SIZE = (320, 180)
+#: Target from issue 11: time in the upscale stage outside batch tasks, at 320x180.
+TARGET_OUTSIDE_SHARE = 0.05
 RATE = 24
 
 
-def make_film(path: Path, frames: int) -> Path:
-    """``frames`` frames of a small moving gradient (x264 ultrafast: seconds per hour)."""
-    width, height = SIZE
+def make_film(path: Path, frames: int, size: tuple[int, int] = SIZE) -> Path:
+    """``frames`` frames of a moving gradient (x264 ultrafast: seconds per hour at 32x18)."""
+    width, height = size
     ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=RATE, options={"preset": "ultrafast"})
@@ -73,12 +78,17 @@ def _upscale(film: Path, home: Path) -> dict[str, Any]:
         raise RuntimeError(f"vsrflow upscale failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout)
     model_s = sum(b["seconds_model"] for b in result["batch_results"])
+    # One worker: the stage's time not spent inside a batch task is orchestration's.
+    in_batches = sum(b["seconds_total"] for b in result["batch_results"])
+    stage = result["seconds"]["upscale"]
     return {
         "source_frames": _decoded_frames(film),
         "output_frames": _decoded_frames(out),
         "wall_s": round(wall, 1),
         "upscale_stage_s": round(result["seconds"]["upscale"], 1),
         "batch_model_s": round(model_s, 1),
+        "outside_batches_s": round(stage - in_batches, 1),
+        "outside_batches_share": round((stage - in_batches) / stage, 3),
         "batches": result["batches"],
         "window": result["window"],
         "flow_peak_rss_mb": result["flow_peak_rss_mb"],
@@ -94,6 +104,10 @@ def run_feature(scratch: Path, quick: bool) -> dict[str, Any]:
         for label, count in (("quarter", frames // 4), ("full", frames)):
             film = make_film(scratch / f"film-{label}.mp4", count)
             runs[label] = _upscale(film, home)
+        # Orchestration against real model work: SD-like frames, a few minutes of film.
+        sd_minutes = 1 if quick else 3
+        film = make_film(scratch / "film-sd.mp4", sd_minutes * 60 * RATE, SD_SIZE)
+        sd_run = _upscale(film, home)
     finally:
         subprocess.run(
             [sys.executable, "-m", "flows.cli", "server", "stop"],
@@ -108,5 +122,10 @@ def run_feature(scratch: Path, quick: bool) -> dict[str, Any]:
         "runs": runs,
         "rss_growth": round(full["flow_peak_rss_mb"] / quarter["flow_peak_rss_mb"], 3),
         "frames_exact": all(r["source_frames"] == r["output_frames"] for r in runs.values()),
-        "targets": {"flow_rss_mb": TARGET_FLOW_RSS_MB, "rss_growth": TARGET_RSS_GROWTH},
+        "sd": {"minutes": sd_minutes, "size": list(SD_SIZE), **sd_run},
+        "targets": {
+            "flow_rss_mb": TARGET_FLOW_RSS_MB,
+            "rss_growth": TARGET_RSS_GROWTH,
+            "outside_batches_share": TARGET_OUTSIDE_SHARE,
+        },
     }
