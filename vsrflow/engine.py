@@ -43,7 +43,10 @@ MALLOC_TUNING_ENV = "VSRFLOW_CPU_MALLOC_TUNING"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: Blocks up to this size come from the heap and freed memory up to this much stays there.
-_MALLOC_KEEP_BYTES = 1 << 30
+#: 256 MB holds a layer's activations of a 4-frame SD pass (~90 MB bf16) and the float output
+#: (~135 MB) with room; 1 GB let the worker's threads keep up to +370 MB over a plain forward
+#: loop's peak (640x272 x4, bf16, 4 per pass; 256 MB: +90 to +170 MB; bench "workermem").
+_MALLOC_KEEP_BYTES = 256 << 20
 
 
 def allocated_cpus() -> int | None:

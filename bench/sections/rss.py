@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import (
     RSS_SOURCE,
@@ -19,10 +19,14 @@ from bench.common import (
     run_child,
 )
 
+if TYPE_CHECKING:
+    from vsrflow.engine import EngineSettings
 
-def worker_rss(clip: Path, workdir: Path) -> dict[str, Any]:
+
+def worker_rss(clip: Path, workdir: Path, settings: EngineSettings | None = None) -> dict[str, Any]:
     """Child: the whole clip as ONE batch through upscale_batch (the worst case for streaming:
-    a batch this long) and this process's peak resident set."""
+    a batch this long), with the engine ``settings`` (default: the defaults), and this
+    process's peak resident set."""
     from vsrflow.engine import EngineSettings, Upscaler
     from vsrflow.media.encode import EncoderSettings
     from vsrflow.media.probe import probe
@@ -32,15 +36,14 @@ def worker_rss(clip: Path, workdir: Path) -> dict[str, Any]:
     info = probe(str(clip))
     video = info.video.params(info.path)
     count = info.video.frame_count
-    batch = plan_batches(info.video, source_id="rss", settings_identity={}, frames_per_batch=count)[
-        0
-    ]
-    upscaler = Upscaler(get_weights().descriptor, settings=EngineSettings(), device="cpu")
+    batch = plan_batches(info.video, source_id="rss", settings_identity={}, frames_per_batch=count)
+    engine = settings or EngineSettings()
+    upscaler = Upscaler(get_weights().descriptor, settings=engine, device="cpu")
     rss_before = proc_status_mb("VmRSS")
     t = time.perf_counter()
     result = upscale_batch(
         video,
-        batch,
+        batch[0],
         upscaler,
         workdir / f"{uuid.uuid4().hex}.mp4",
         encoder=EncoderSettings(),
@@ -48,6 +51,7 @@ def worker_rss(clip: Path, workdir: Path) -> dict[str, Any]:
     )
     return {
         "frames": result.frames,
+        "precision": result.precision,
         "seconds": round(time.perf_counter() - t, 2),
         "rss_after_model_load_mb": round(rss_before, 1),
         "peak_rss_mb": round(proc_status_mb("VmHWM"), 1),

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED, get_weights, make_clip, proc_status_mb, run_child
+from bench.sections.rss import worker_rss
 
 #: Target from issue 11: the worker's peak over the plain forward's, at equal settings.
 TARGET_OVER_PLAIN_MB = 300.0
@@ -101,35 +102,7 @@ def worker_pipeline(
     clip: Path, workdir: Path, precision: str, frames_per_pass: int
 ) -> dict[str, Any]:
     """Child: the whole clip as one batch through ``upscale_batch``, as a worker runs it."""
-    from vsrflow.engine import Upscaler
-    from vsrflow.media.encode import EncoderSettings
-    from vsrflow.media.probe import probe
-    from vsrflow.pipeline import upscale_batch
-    from vsrflow.plan import plan_batches
-
-    info = probe(str(clip))
-    video = info.video.params(info.path)
-    count = info.video.frame_count
-    batch = plan_batches(info.video, source_id="mem", settings_identity={}, frames_per_batch=count)
-    settings = _settings(precision, frames_per_pass)
-    upscaler = Upscaler(get_weights().descriptor, settings=settings, device="cpu")
-    rss_loaded = proc_status_mb("VmRSS")
-    started = time.perf_counter()
-    result = upscale_batch(
-        video,
-        batch[0],
-        upscaler,
-        workdir / f"{uuid.uuid4().hex}.mp4",
-        encoder=EncoderSettings(),
-        out_size=(video.width * upscaler.scale, video.height * upscaler.scale),
-    )
-    return {
-        "frames": result.frames,
-        "precision": result.precision,
-        "seconds": round(time.perf_counter() - started, 2),
-        "rss_after_model_load_mb": round(rss_loaded, 1),
-        "peak_rss_mb": round(proc_status_mb("VmHWM"), 1),
-    }
+    return worker_rss(clip, workdir, _settings(precision, frames_per_pass))
 
 
 def run_workermem(scratch: Path, quick: bool) -> dict[str, Any]:
