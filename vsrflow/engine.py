@@ -44,8 +44,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: Blocks up to this size come from the heap and freed memory up to this much stays there.
 #: 256 MB holds a layer's activations of a 4-frame SD pass (~90 MB bf16) and the float output
-#: (~135 MB) with room; 1 GB let the worker's threads keep up to +370 MB over a plain forward
-#: loop's peak (640x272 x4, bf16, 4 per pass; 256 MB: +90 to +170 MB; bench "workermem").
+#: (~135 MB): page faults 15,962 -> 169 per frame, CPU 0.233 -> 0.211 s per frame (bench
+#: "alloc"). The price is memory each stage thread keeps: a worker's peak is +90 to +370 MB
+#: over a plain forward loop's (640x272 x4, bf16, 4 per pass; 1 GB: +146 to +390 MB), against
+#: +30 to +45 MB with VSRFLOW_CPU_MALLOC_TUNING=0 (bench "workermem").
 _MALLOC_KEEP_BYTES = 256 << 20
 
 
