@@ -73,6 +73,18 @@ def blended_digest(sha_a: str, sha_b: str, weight_a: float) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def denoise_partner(weights: ResolvedWeights, strength: float) -> str:
+    """The registry model ``weights`` is blended with at ``strength`` < 1 (Real-ESRGAN's
+    denoise strength), or a one-line refusal when it has none."""
+    spec = weights.spec
+    if spec is None or spec.denoise_partner is None:
+        raise InvalidDenoiseStrengthError(
+            f"denoise_strength={strength} needs a model with a denoise partner"
+            f" (e.g. realesr-general-x4v3); {weights.name} has none"
+        )
+    return spec.denoise_partner
+
+
 def release_for(weights: ResolvedWeights) -> ModelSpec | None:
     """The registry entry these bytes are: named, or a user file with a release's sha256."""
     if weights.spec is not None:
@@ -161,13 +173,7 @@ def model_facts(
         raise WeightsDownloadError(f"{exc} {fetch_hint(model, '--weights')}") from exc
     digest = weights.sha256
     if strength != 1.0:  # before any inspection: refused at once
-        spec = weights.spec
-        if spec is None or spec.denoise_partner is None:
-            raise InvalidDenoiseStrengthError(
-                f"denoise_strength={strength} needs a model with a denoise partner"
-                f" (e.g. realesr-general-x4v3); {weights.name} has none"
-            )
-        partner = resolve_weights(spec.denoise_partner, **fetch)
+        partner = resolve_weights(denoise_partner(weights, strength), **fetch)
         digest = blended_digest(weights.sha256, partner.sha256, strength)
     release = release_for(weights)
     scale = release.scale if release is not None else _user_file_scale(weights, cache)

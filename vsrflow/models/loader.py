@@ -42,12 +42,11 @@ from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
 from vsrflow.errors import (
     CorruptWeightsError,
-    InvalidDenoiseStrengthError,
     ModelError,
     UnsafeWeightsError,
     UnsupportedArchitectureError,
 )
-from vsrflow.models.facts import blended_digest, check_unit_interval
+from vsrflow.models.facts import blended_digest, check_unit_interval, denoise_partner
 from vsrflow.models.weights import ResolvedWeights, resolve_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -226,13 +225,8 @@ def load_model(
     digest = weights.sha256
     source = str(weights.path)
     if strength != 1.0:
-        if spec is None or spec.denoise_partner is None:
-            raise InvalidDenoiseStrengthError(
-                f"denoise_strength={strength} needs a model with a denoise partner"
-                f" (e.g. realesr-general-x4v3); {weights.name} has none"
-            )
         partner = resolve_weights(
-            spec.denoise_partner,
+            denoise_partner(weights, strength),
             cache_dir=cache_dir,
             search_path=search_path,
             allow_download=allow_download,
