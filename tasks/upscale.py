@@ -27,7 +27,7 @@ from vsrflow.errors import redacting
 from vsrflow.job import UpscaleJob
 from vsrflow.media.probe import VideoParams
 from vsrflow.plan import Batch, chunk_name
-from vsrflow.progress import BatchProgress, listing_path, progress_dir
+from vsrflow.progress import BatchProgress, job_progress_files
 from vsrflow.results import BatchResult
 
 if TYPE_CHECKING:
@@ -64,8 +64,7 @@ def job_files(work_dir: str, output_path: str, keys: list[str]) -> list[str]:
         chunk = locations.join(work_dir, "chunks", f"{key}.mp4")
         files += [chunk, chunk + FACE_SAMPLE_SUFFIX, result_record_location(work_dir, key)]
     if not locations.is_remote(work_dir):
-        files += [str(progress_dir(work_dir) / f"batch-{key}.json") for key in keys]
-        files.append(str(listing_path(work_dir, output_path)))
+        files += [str(path) for path in job_progress_files(work_dir, output_path, keys)]
     return files
 
 

@@ -455,7 +455,13 @@ def test_clean_work_dir_removes_one_jobs_files_and_leaves_another_jobs(tmp_path:
     out, other_out = str(tmp_path / "mine.mp4"), str(tmp_path / "theirs.mp4")
     for path in job_files(work, out, mine) + job_files(work, other_out, theirs):
         _touch(path)
+    # A batch killed while rewriting its progress file leaves the staging copy behind; the
+    # rerun that publishes must sweep it too, and only this job's.
+    progress = Path(work) / "progress"
+    staged_mine = _touch(progress / f".batch-{mine[0]}.json.1f2e3d4c")
+    staged_theirs = _touch(progress / f".batch-{theirs[0]}.json.5a6b7c8d")
     listed = job_files(work, out, mine)
+    assert str(staged_mine) in listed and str(staged_theirs) not in listed
     faces = [p for p in listed if p.endswith(FACE_SAMPLE_SUFFIX)]
     assert len(faces) == 2 and all(Path(p).exists() for p in faces)
     removed = clean_work_dir.fn(work, out, mine)
@@ -464,9 +470,10 @@ def test_clean_work_dir_removes_one_jobs_files_and_leaves_another_jobs(tmp_path:
     assert sorted(_files(Path(work))) == sorted(
         str(Path(p).relative_to(work)) for p in job_files(work, other_out, theirs)
     )
+    assert staged_theirs.exists()
     # Missing files (an earlier clean-up, a batch that stored no face sample) are no error;
     # once the last job's files are gone the folders go too.
-    assert clean_work_dir.fn(work, out, mine) == len(listed)
+    assert clean_work_dir.fn(work, out, mine) == len(listed) - 1  # the staging copy is gone
     clean_work_dir.fn(work, other_out, theirs)
     assert not Path(work).exists()
 

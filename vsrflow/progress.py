@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _temp_name(path: Path) -> Path:
+    """Where :func:`_atomic_write` stages ``path``; a writer killed mid-write leaves it."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp = _temp_name(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -48,6 +53,27 @@ class BatchProgress:
     def __call__(self, frames: int) -> None:
         self._done += frames
         self._write()
+
+
+def job_progress_files(
+    work_dir: str | os.PathLike[str], output: str, keys: list[str]
+) -> list[Path]:
+    """Every progress file of one job: its batches' files, its listing and any staging copy a
+    killed writer left behind (``.batch-<key>.json.<random>``), so that cleaning up after a
+    published rerun leaves nothing of the job. Other jobs' files in the same folder are not
+    listed: they may be mid-run."""
+    folder = progress_dir(work_dir)
+    names = {f"batch-{key}.json" for key in keys} | {listing_path(work_dir, output).name}
+    files = [folder / name for name in sorted(names)]
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return files
+    for entry in entries:
+        staged_for, _, suffix = entry[1:].rpartition(".")
+        if entry.startswith(".") and staged_for in names and suffix:
+            files.append(folder / entry)
+    return files
 
 
 def write_listing(
