@@ -96,6 +96,43 @@ def test_probe_prints_json(vfr_clip: mf.FixtureInfo) -> None:
     assert info["video"]["vfr"] is True
 
 
+#: The console script's entry point with two exit hooks registered first: one of threading's
+#: (where Prefect's log and event workers drain) and one of atexit's (Dask, logging).
+_RUN_WITH_HOOKS = (
+    "import atexit, sys, threading; "
+    "threading._register_atexit(lambda: print('threading hook', flush=True)); "
+    "atexit.register(lambda: print('atexit hook', flush=True)); "
+    "sys.argv = ['vsrflow', *sys.argv[1:]]; "
+    "from flows.cli import run; run()"
+)
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["probe", "refused-upscale"])
+def test_the_console_script_runs_every_exit_hook_and_keeps_the_exit_status(
+    vfr_clip: mf.FixtureInfo, refused: bool
+) -> None:
+    """``run`` skips Python's teardown with os._exit: the hooks must still run, in the
+    interpreter's order, after the output, and the status must be main()'s."""
+    argv = ["probe", str(vfr_clip.path)]
+    if refused:  # an output folder that cannot be created: the one-line refusal, status 2
+        argv = ["upscale", str(vfr_clip.path), "-o", "/proc/vsrflow/out.mp4", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_WITH_HOOKS, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == (2 if refused else 0), done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-2:] == ["threading hook", "atexit hook"], done.stdout[-500:]
+    if not refused:
+        assert json.loads("\n".join(lines[:-2]))["video"]["frames"] == vfr_clip.frame_count
+    else:
+        assert "vsrflow: error:" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.fixture
 def release_server(models_dir: Path) -> Iterator[str]:
     """Serve ../shared/models under the release path layout on 127.0.0.1."""
