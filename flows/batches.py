@@ -1,11 +1,14 @@
 """The batch stage of upscale-video: a bounded window of batch tasks over the profile's cluster.
 
-The subflow keeps at most :data:`vsrflow.window.WINDOW_PER_SLOT` batches in flight per worker
-slot (re-read from the Dask scheduler each time a batch finishes, so adaptive scaling still
-fills up), takes each batch's result as it finishes, keeps a :class:`BatchRecord` of it and
-drops the future; the flow process therefore holds a window of futures, not one per batch.
-Cache keys, result storage and the chunk check are those of ``tasks.upscale``: a rerun
-recomputes exactly the batches that have no chunk and cache record.
+:func:`upscale_batches` runs inside the upscale-video flow run, over the task runner the flow
+opened for the compute profile (its batch tasks are the flow run's own, no subflow: a
+subflow cost a second flow run's creation, state changes and heartbeat thread, 0.5-1.5 s of
+every run). It keeps at most :data:`vsrflow.window.WINDOW_PER_SLOT` batches in flight per
+worker slot (re-read from the Dask scheduler each time a batch finishes, so adaptive scaling
+still fills up), takes each batch's result as it finishes, keeps a :class:`BatchRecord` of it
+and drops the future; the flow process therefore holds a window of futures, not one per
+batch. Cache keys, result storage and the chunk check are those of ``tasks.upscale``: a
+rerun recomputes exactly the batches that have no chunk and cache record.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any
 from uuid import UUID
 
 import dask
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.utilities.callables import get_call_parameters
+from prefect_dask import DaskTaskRunner
 
 from tasks.artifacts import report_progress
 from tasks.storage import locations_for, result_storage_for
@@ -67,10 +72,9 @@ def _drop_failure_record(
             locations.remove(locations.join(work_dir, "results", name))
 
 
-def _cluster_slots(batch_resources: dict[str, float]) -> int | None:
-    """Batch slots of the Dask cluster behind this flow run's task runner (None: unknown)."""
-    context = FlowRunContext.get()
-    client = getattr(getattr(context, "task_runner", None), "client", None)
+def _cluster_slots(runner: DaskTaskRunner, batch_resources: dict[str, float]) -> int | None:
+    """Batch slots of the Dask cluster behind ``runner`` (None: unknown)."""
+    client = getattr(runner, "client", None)
     if client is None:
         return None
     try:
@@ -78,23 +82,6 @@ def _cluster_slots(batch_resources: dict[str, float]) -> int | None:
     except Exception:  # the scheduler is busy or going away: keep the last known count
         return None
     return worker_slots(workers, batch_resources)
-
-
-def _slim_context(batches: int) -> None:
-    """Keep this subflow's parameters out of what every batch task carries.
-
-    Prefect ships the flow run's context with each task it submits (``serialize_context``):
-    this subflow's parameters and its flow run record, both holding the plan's every batch,
-    pickled and tokenized again for each submission. Submitting was therefore O(batches)
-    each, O(batches^2) a run, and the flow process grew with the film. The batch tasks read
-    neither (their arguments carry what they need) and the API keeps the run's parameters,
-    so the context keeps the batch count only."""
-    context = FlowRunContext.get()
-    if context is None:
-        return
-    context.parameters = {"batches": batches}
-    if context.flow_run is not None:
-        context.flow_run = context.flow_run.model_copy(update={"parameters": {}})
 
 
 def _forget_result(result: BatchResult) -> None:
@@ -111,8 +98,8 @@ def _forget_result(result: BatchResult) -> None:
         context.run_results.pop(id(value), None)
 
 
-@flow(name="upscale-batches", log_prints=True)
 def upscale_batches(
+    runner: DaskTaskRunner,
     plan: JobPlan,
     job: UpscaleJob,
     work_dir: str,
@@ -120,14 +107,13 @@ def upscale_batches(
     batch_resources: dict[str, float] | None = None,
     progress_artifact_id: UUID | None = None,
 ) -> BatchOutcome:
-    """Run every batch through the profile's task runner, a window at a time; count cached vs
-    computed batches and update the progress artifact ``progress_artifact_id`` (if given) as
-    each one finishes.
+    """Run every batch through ``runner`` (the profile's, started by the calling flow run), a
+    window at a time; count cached vs computed batches and update the progress artifact
+    ``progress_artifact_id`` (if given) as each one finishes.
 
     A batch whose chunk planning did not find is recomputed even if a cache record exists
     (a record without its chunk must not be trusted)."""
     logger = get_run_logger()
-    _slim_context(len(plan.batches))
     resources = dict(batch_resources or {})
     task = upscale_batch.with_options(
         result_storage=result_storage_for(work_dir, credentials_block)
@@ -146,18 +132,17 @@ def upscale_batches(
     slots = 0
 
     def submit(batch: Batch, refresh: bool) -> None:
-        runner = task.with_options(refresh_cache=True) if refresh else task
+        batch_task = task.with_options(refresh_cache=True) if refresh else task
+        arguments = (plan.video, batch, job, plan.out_size, work_dir, credentials_block)
         with dask.annotate(resources=resources):
-            future = runner.submit(
-                plan.video, batch, job, plan.out_size, work_dir, credentials_block
-            )
+            future = runner.submit(batch_task, get_call_parameters(task.fn, arguments, {}))
         in_flight[future] = batch
         future.add_done_callback(finished.put)
         log.record(slots, len(in_flight))
 
     def fill() -> None:
         nonlocal slots
-        known = _cluster_slots(resources)
+        known = _cluster_slots(runner, resources)
         slots = slots if known is None else known
         while waiting and len(in_flight) < window_size(slots, log.per_slot):
             submit(*waiting.popleft())

@@ -143,9 +143,9 @@ def _run_job(
 
     t0 = time.perf_counter()
     progress = start_progress(output_path, len(plan.batches))
-    with _gpu_slot():
-        outcome = upscale_batches.with_options(task_runner=compute.make_task_runner())(
-            plan, job, work, credentials_block, compute.batch_resources, progress
+    with _gpu_slot(), compute.make_task_runner() as runner:
+        outcome = upscale_batches(
+            runner, plan, job, work, credentials_block, compute.batch_resources, progress
         )
     timings["upscale"] = time.perf_counter() - t0
     results = outcome.results

@@ -191,7 +191,9 @@ def make_comparison(
     model = output_frame[oy : oy + oh, ox : ox + ow]
     image = compose(np.asarray(bicubic), model, ("bicubic", model_label))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    # zlib's default level: optimize=True (level 9 and a filter search) made a 1028x536
+    # panel 6 % smaller in 0.28 s instead of 0.04 s, at the end of every run.
+    image.save(buffer, format="PNG")
     return Comparison(
         png=buffer.getvalue(),
         width=image.width,

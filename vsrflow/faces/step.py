@@ -184,7 +184,7 @@ def sample_png(sample: FaceSample, *, restorer_label: str) -> bytes:
         after = np.asarray(Image.fromarray(after).resize(size, Image.Resampling.LANCZOS))
     image = compose(before, after, ("upscaled", f"+ face restoration ({restorer_label})"))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG")  # default zlib level: optimize=True took 6x longer
     return buffer.getvalue()
 
 
