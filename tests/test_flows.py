@@ -19,7 +19,7 @@ import media_fixtures as mf
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ParameterTypeError
 
 from flows.upscale_images import upscale_images
@@ -140,19 +140,13 @@ def test_chunks_are_removed_after_publish_by_default(
     assert not list(tmp_path.glob(".out.partial-*"))
 
 
-async def _batch_run_counts(parent_flow_run_id: Any) -> dict[str, int]:
+async def _batch_run_counts(flow_run_id: Any) -> dict[str, int]:
+    """Run count of each batch task of the flow run (batches are its own tasks: no subflow)."""
     async with get_client() as client:
-        children = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id])
-            )
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-        counts: dict[str, int] = {}
-        for child in children:
-            for task_run in await client.read_task_runs():
-                if task_run.flow_run_id == child.id and task_run.name.startswith("batch-"):
-                    counts[task_run.name] = task_run.run_count
-        return counts
+        return {t.name: t.run_count for t in task_runs if t.name.startswith("batch-")}
 
 
 def test_a_batch_that_fails_once_is_retried_and_the_run_succeeds(
