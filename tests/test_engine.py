@@ -369,3 +369,24 @@ def test_frames_beyond_the_limits_are_refused_in_words(
     monkeypatch.setenv("VSRFLOW_MAX_OUTPUT_PIXELS", str(200 * 200))
     with pytest.raises(FrameTooLargeError, match=r"256x256 .* over the limit"):
         _fp32(model).upscale(frame)
+
+
+@pytest.mark.parametrize(("switch", "applied"), [("1", "True"), ("0", "False")])
+def test_cpu_allocator_tuning_applies_in_a_fresh_process_unless_switched_off(
+    switch: str, applied: str
+) -> None:
+    """glibc accepts every mallopt (one heap, 128 MB kept); VSRFLOW_CPU_MALLOC_TUNING=0
+    leaves its defaults alone. Process-wide and one-way, hence a child process."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from vsrflow.engine import tune_cpu_allocator as t; print(t())"],
+        env={**os.environ, "VSRFLOW_CPU_MALLOC_TUNING": switch},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.split()[-1] == applied, done.stderr[-500:]

@@ -42,13 +42,17 @@ __all__ = ["EngineSettings", "Precision", "Upscaler", "output_geometry"]
 MALLOC_TUNING_ENV = "VSRFLOW_CPU_MALLOC_TUNING"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: Blocks up to this size come from the heap and freed memory up to this much stays there.
-#: 256 MB holds a layer's activations of a 4-frame SD pass (~90 MB bf16) and the float output
-#: (~135 MB): page faults 15,962 -> 169 per frame, CPU 0.233 -> 0.211 s per frame (bench
-#: "alloc"). The price is memory each stage thread keeps: a worker's peak is +90 to +370 MB
-#: over a plain forward loop's (640x272 x4, bf16, 4 per pass; 1 GB: +146 to +390 MB), against
-#: +30 to +45 MB with VSRFLOW_CPU_MALLOC_TUNING=0 (bench "workermem").
-_MALLOC_KEEP_BYTES = 256 << 20
+_M_ARENA_MAX = -8
+#: Blocks up to this size come from the heap and freed memory up to this much stays there:
+#: a layer's activations of an SD pass, so the model stops page-faulting them afresh (bench
+#: "alloc": 15,962 -> 169 faults and 0.233 -> 0.211 CPU-s per frame with 256 MB).
+_MALLOC_KEEP_BYTES = 128 << 20
+#: One heap for every thread. With a heap per thread (glibc's default) each stage thread
+#: (decode, model, encode) kept what it had freed: a worker's peak over a plain forward loop
+#: (640x272 x4, fp32, 4 frames per pass, bench "workermem") was +365 to +534 MB at 256 or
+#: 192 MB kept and +84 to +408 MB at 128 MB; with one heap, +101 to +114 MB at 128 MB (+235 to
+#: +867 MB at 256), at the same speed. Without the tuning: +33 MB and ~11 % slower.
+_MALLOC_ARENAS = 1
 
 
 def allocated_cpus() -> int | None:
@@ -83,9 +87,9 @@ def tune_cpu_allocator() -> bool:
     thresholds lets the heap reuse that memory. Measured by bench/run.py (2-core Xeon, bf16,
     320x180 -> 1280x720, model in the main thread): 12,000-27,000 -> 0 page faults and
     0.16-0.20 -> 0.12-0.15 CPU-s per frame; peak RSS +~170 MB, flat in the number of frames.
-    A thread that already owns a malloc arena (a Dask worker thread) gains little: glibc unmaps
-    a thread heap once it is entirely free whatever the thresholds;
-    ``GLIBC_TUNABLES=glibc.malloc.arena_max=1`` at process start removes those faults too.
+    Threads started from then on share one heap (``M_ARENA_MAX``), so memory one stage thread
+    freed serves the next; a thread that already owned a heap keeps it (glibc unmaps such a
+    heap once it is entirely free, whatever the thresholds).
     Process-wide, once; a no-op off glibc or when ``VSRFLOW_CPU_MALLOC_TUNING=0``. Returns
     whether the tuning is active.
     """
@@ -98,7 +102,8 @@ def tune_cpu_allocator() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(
-        mallopt(_M_MMAP_THRESHOLD, _MALLOC_KEEP_BYTES)
+        mallopt(_M_ARENA_MAX, _MALLOC_ARENAS)
+        and mallopt(_M_MMAP_THRESHOLD, _MALLOC_KEEP_BYTES)
         and mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP_BYTES)
     )
 
