@@ -214,18 +214,6 @@ class DiskSampler(threading.Thread):
         self.peak = max(self.peak, dir_bytes(self.paths))
 
 
-def proc_status_mb(name: str) -> float:
-    """VmRSS (resident) or VmHWM (peak resident) of this process in MB.
-
-    Not ``getrusage().ru_maxrss``: Linux carries it across fork+exec, so a child started by a
-    1.3 GB benchmark process reports at least 1.3 GB whatever it does itself (measured)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def per_frame(samples: list[Sample], n: int) -> dict[str, float]:
     walls = [s.wall / n for s in samples]
     return {

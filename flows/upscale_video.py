@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Annotated
@@ -43,6 +42,7 @@ from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.lease import OutputLease
 from vsrflow.media.assemble import AssemblyReport
 from vsrflow.media.probe import MediaInfo
+from vsrflow.procmem import peak_rss_mb
 from vsrflow.report import FaceSummary, MediaSide, RunSummary, face_crop_location, worker_label
 from vsrflow.results import BatchOutcome, VideoResult
 from vsrflow.settings import UpscaleSettings
@@ -233,7 +233,7 @@ def _run_job(
         batch_results=results,
         artifacts=artifacts,
         window=outcome.window,
-        flow_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        flow_peak_rss_mb=peak_rss_mb(),
     )
 
 

@@ -197,3 +197,25 @@ def test_registry_weights_out_of_reach_name_the_fetch_command(
     message = str(caught.value)
     assert "\n" not in message and "downloading RealESRGAN_x4plus" in message
     assert "`vsrflow models fetch RealESRGAN_x4plus`" in message and "--weights" in message
+
+
+def test_the_flows_peak_memory_is_its_own_not_a_large_parents() -> None:
+    """``VideoResult.flow_peak_rss_mb`` comes from :func:`vsrflow.procmem.peak_rss_mb`. A
+    process started by a 600 MB one (a benchmark, a notebook) must report its own peak: Linux
+    carries ``ru_maxrss`` across fork+exec, which made the bench read 776 MB for a 178 MB flow."""
+    import subprocess
+    import sys
+
+    child = "from vsrflow.procmem import peak_rss_mb; print(peak_rss_mb())"
+    parent = (
+        "import resource, subprocess, sys; ballast = b'x' * (600 << 20); "
+        f"out = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+        "text=True, check=True).stdout; "
+        "print(out.strip(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, check=True
+    )
+    reported, parents = (float(v) for v in done.stdout.split())
+    assert parents > 600  # the ballast was resident
+    assert 5 < reported < 200, done.stdout

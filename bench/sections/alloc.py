@@ -17,10 +17,10 @@ from bench.common import (
     get_weights,
     load_frames,
     per_frame,
-    proc_status_mb,
     run_child,
     timed,
 )
+from vsrflow.procmem import proc_status_mb
 
 
 def worker_alloc(clip: Path, count: int) -> dict[str, Any]:

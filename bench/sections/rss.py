@@ -15,9 +15,9 @@ from bench.common import (
     Sizes,
     get_weights,
     make_clip,
-    proc_status_mb,
     run_child,
 )
+from vsrflow.procmem import proc_status_mb
 
 if TYPE_CHECKING:
     from vsrflow.engine import EngineSettings

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED, get_weights, make_clip, proc_status_mb, run_child
+from bench.common import SHARED, get_weights, make_clip, run_child
 from bench.sections.rss import worker_rss
+from vsrflow.procmem import proc_status_mb
 
 #: Target from issue 11: the worker's peak over the plain forward's, at equal settings.
 TARGET_OVER_PLAIN_MB = 300.0
