@@ -40,6 +40,7 @@ class BatchRig:
         self.tensors = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
         self.peak_disk: list[int] = []
         self.output_bytes: list[int] = []
+        self.output_frames: list[int] = []
         chunks.mkdir(parents=True, exist_ok=True)
 
     def model_only(self) -> None:
@@ -70,6 +71,7 @@ class BatchRig:
             )
         self.peak_disk.append(disk.peak)
         self.output_bytes.append(target.stat().st_size)
+        self.output_frames.append(_count_frames(target))
         target.unlink()
 
     def encode_only(self, upscaled: np.ndarray, encoder: EncoderSettings, path: Path) -> None:
@@ -92,3 +94,11 @@ class BatchRig:
             colour=self.video.colour, bit_depth=self.video.bit_depth,
         )  # fmt: skip
         return sum(1 for _ in frames_iter)
+
+
+def _count_frames(chunk: Path) -> int:
+    """Frames decoded back from a written chunk: the pipeline's output is checked, not assumed."""
+    import av
+
+    with av.open(str(chunk)) as container:
+        return sum(1 for _ in container.decode(video=0))

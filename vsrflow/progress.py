@@ -21,6 +21,15 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
 
 
+def _staged_for(entry: str) -> str | None:
+    """The name a staging copy made by :func:`_temp_name` stands for, or None for any other
+    entry: ``.batch-<key>.json.<random>`` -> ``batch-<key>.json``."""
+    if not entry.startswith("."):
+        return None
+    staged_for, _, suffix = entry[1:].rpartition(".")
+    return staged_for if staged_for and suffix else None
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
@@ -30,6 +39,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def progress_dir(work_dir: str | os.PathLike[str]) -> Path:
     return Path(work_dir) / "progress"
+
+
+def batch_progress_path(work_dir: str | os.PathLike[str], key: str) -> Path:
+    """Where the batch ``key`` counts its frames."""
+    return progress_dir(work_dir) / f"batch-{key}.json"
 
 
 def listing_path(work_dir: str | os.PathLike[str], output: str) -> Path:
@@ -42,7 +56,7 @@ class BatchProgress:
     """Callable handed to the pipeline: adds frames and rewrites the batch's progress file."""
 
     def __init__(self, work_dir: str | os.PathLike[str], key: str, total: int) -> None:
-        self._path = progress_dir(work_dir) / f"batch-{key}.json"
+        self._path = batch_progress_path(work_dir, key)
         self._total = total
         self._done = 0
         self._write()
@@ -63,16 +77,14 @@ def job_progress_files(
     published rerun leaves nothing of the job. Other jobs' files in the same folder are not
     listed: they may be mid-run."""
     folder = progress_dir(work_dir)
-    names = {f"batch-{key}.json" for key in keys} | {listing_path(work_dir, output).name}
+    own = [batch_progress_path(work_dir, key) for key in keys] + [listing_path(work_dir, output)]
+    names = {path.name for path in own}
     files = [folder / name for name in sorted(names)]
     try:
         entries = os.listdir(folder)
     except OSError:
         return files
-    for entry in entries:
-        staged_for, _, suffix = entry[1:].rpartition(".")
-        if entry.startswith(".") and staged_for in names and suffix:
-            files.append(folder / entry)
+    files += [folder / entry for entry in entries if _staged_for(entry) in names]
     return files
 
 
@@ -97,9 +109,7 @@ def read_progress(work_dir: str | os.PathLike[str], output: str) -> Snapshot | N
     done = 0
     for key in listing["keys"]:
         try:
-            state = json.loads(
-                (progress_dir(work_dir) / f"batch-{key}.json").read_text(encoding="utf-8")
-            )
+            state = json.loads(batch_progress_path(work_dir, key).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         done += int(state.get("done", 0))

@@ -85,6 +85,8 @@ def run_speed(
         ratio_floor_over_model=round(floor / m["best_s_per_frame"], 3),
         pipeline_peak_disk_bytes=max(rig.peak_disk),
         pipeline_output_bytes=rig.output_bytes[-1],
+        # Every pipeline round's chunk decoded back: all n frames, or the ratio means nothing.
+        pipeline_output_frames=sorted(set(rig.output_frames)),
     )
     speed: dict[str, Any] = {"core": result}
     if flow is not None:
