@@ -316,13 +316,30 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
         ):
             add("9 startup", label, f"{st[key]['fixed_s']:.1f} s")
         later = st["cli_background_later"]["fixed_s"]
-        add(
-            "9 startup",
-            "same: a later run, reusing the background server",
-            f"{later:.1f} s",
-            f"<= {target['cli_fixed_s']} s",
-            later <= target["cli_fixed_s"],
-        )
+        if "cli_warm_runner" not in st:  # a run from before the warm runner
+            add(
+                "9 startup",
+                "same: a later run, reusing the background server",
+                f"{later:.1f} s",
+                f"<= {target['cli_fixed_s']} s",
+                later <= target["cli_fixed_s"],
+            )
+        else:
+            add("9 startup", "same: a later run, reusing the server (cold)", f"{later:.1f} s")
+            first = st["cli_launcher_first"]
+            add(
+                "9 startup",
+                "`vsrflow` command, first run (cold; leaves a warm runner): fixed (wall)",
+                f"{first['fixed_s']:.1f} s ({first['wall_s']:.1f} s)",
+            )
+            warm = st["cli_warm_runner"]
+            add(
+                "9 startup",
+                "`vsrflow` command, a later run (a warm runner's child): fixed (wall)",
+                f"{warm['fixed_s']:.1f} s ({warm['wall_s']:.1f} s)",
+                f"<= {target['cli_fixed_s']} s",
+                warm["fixed_s"] <= target["cli_fixed_s"],
+            )
     ft = r.get("feature")
     if ft and "error" not in ft:
         full, quarter = ft["runs"]["full"], ft["runs"]["quarter"]

@@ -244,6 +244,19 @@ def _prepare_prefect(verbose: bool, server: str, stack: contextlib.ExitStack) ->
         run_logging.quiet_failures_on_console()
 
 
+def _adopt_prefect_settings() -> None:
+    """Re-read Prefect's settings and log levels from this command's environment and working
+    directory. Only a warm runner's child needs it (:mod:`vsrflow.warm_runner`): Prefect
+    read them when the runner imported it, before the command's environment, the defaults
+    set above (``PREFECT_LOGGING_LEVEL``) and its directory's ``prefect.toml``/``.env`` were
+    adopted. A cold command imports Prefect only after this point."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
+
+    refresh_global_settings_context()
+    setup_logging(incremental=True)  # levels only: handlers (and their filters) are kept
+
+
 def _check_images_job(args: argparse.Namespace) -> None:
     """Refuse, before Prefect starts, an image job that would write into its input (the flow
     checks again, with the run's S3 endpoint and every pair, in plan-images/preflight)."""
@@ -278,6 +291,8 @@ def _upscale(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         os.environ.setdefault(key, value)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if args.prefect_imported:
+        _adopt_prefect_settings()
     settings = _settings(args)
     _check_prefect_api()
     if _is_image_job(args.input):
@@ -414,27 +429,38 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _run_server(args: argparse.Namespace) -> int:
-    """``vsrflow server status|stop``: the background server of this PREFECT_HOME."""
+    """``vsrflow server status|stop``: the background server and the warm runners of this
+    PREFECT_HOME."""
     from prefect.settings import PREFECT_HOME
 
-    from vsrflow import background_server
+    from vsrflow import background_server, warm_runner
 
     home = Path(PREFECT_HOME.value())
+    runners_env = {**os.environ, "PREFECT_HOME": str(home)}
     if args.server_command == "stop":
         stopped = background_server.stop(home)
         print(f"stopped the server at {stopped.api_url}" if stopped else "no server was running")
+        runners = warm_runner.stop_all(runners_env)
+        if runners:
+            print(f"stopped {len(runners)} warm runner(s)")
         return 0
+    runners = warm_runner.running(runners_env)
     state = background_server.read_state(home)
     if state is None:
-        print(json.dumps({"running": False, "prefect_home": str(home)}))
+        print(json.dumps({"running": False, "prefect_home": str(home), "warm_runners": runners}))
         return 0
     summary = {"running": True, "healthy": background_server.healthy(state.api_url)}
-    print(json.dumps({**summary, "prefect_home": str(home), **state.__dict__}, indent=2))
+    details = {**summary, "prefect_home": str(home), **state.__dict__, "warm_runners": runners}
+    print(json.dumps(details, indent=2))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prefect_imported: bool = False) -> int:
+    """Run one command; its exit status. ``prefect_imported``: Prefect was imported before
+    this command's environment was in place (a warm runner's child), so ``upscale`` re-reads
+    its settings first."""
     args = _build_parser().parse_args(argv)
+    args.prefect_imported = prefect_imported
     handlers = {
         "upscale": _run_upscale,
         "models": _run_models,
@@ -462,13 +488,19 @@ def run() -> NoReturn:
     atexit's (Dask clusters, Prefect's temporary server, logging). An uncaught exception
     (a bug) exits the normal way, with its traceback."""
     code = main()
+    run_exit_hooks()
+    os._exit(code)
+
+
+def run_exit_hooks() -> None:
+    """What Python's finalization does that matters, without the rest: flush, threading's
+    exit hooks, then atexit's. Before ``os._exit`` (here and in a warm runner's child)."""
     sys.stdout.flush()
     sys.stderr.flush()
     threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls first
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

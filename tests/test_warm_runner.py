@@ -1,0 +1,263 @@
+"""The warm runner behind the ``vsrflow`` console script (issue 11 item 3: a CLI that starts in
+seconds): the first command leaves a runner that has imported Prefect, the flows and torch;
+later commands are its forked children, with the command's own directory, environment,
+streams, exit status and signals, and the same output bytes as a cold run.
+
+Each test has its own PREFECT_HOME (so its own runners and background server), stopped at the
+end whatever happens. The commands run as ``python -m vsrflow.launch``, the console script's
+code, so a stale installed script cannot hide a change here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import av
+import media_fixtures as mf
+import pytest
+
+from vsrflow import background_server, warm_runner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "prefect-home"
+    yield path
+    warm_runner.stop_all({"PREFECT_HOME": str(path)})
+    background_server.stop(path)
+
+
+def _env(home: Path, shared_model: Callable[[str], Path], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "VSRFLOW_SERVER")}
+    env.pop(warm_runner.WARM_ENV, None)
+    # The CLI picks Prefect's log level (WARNING, INFO with -v); the runner imported Prefect
+    # without one, so a child that did not adopt its command's level would print INFO lines.
+    env.pop("PREFECT_LOGGING_LEVEL", None)
+    return {
+        **env,
+        "PREFECT_HOME": str(home),
+        "VSRFLOW_MODEL_PATH": str(shared_model("realesr-animevideov3.pth").parent),
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vsrflow.launch", *args]
+
+
+def _vsrflow(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=400,
+        check=False,
+    )  # fmt: skip
+
+
+def _upscale_args(clip: str, out: str, *extra: str) -> list[str]:
+    return ["upscale", clip, "-o", out, "--content", "anime", "--no-progress", *extra,
+            "--batch-frames", "8"]  # fmt: skip
+
+
+def _serving(env: dict[str, str], timeout_s: float = 180.0) -> dict[str, object]:
+    """The runner of ``env`` once it has finished its imports (its log says so)."""
+    paths = warm_runner.runner_paths(env)
+    assert paths is not None
+    log, path = paths.log, paths.socket
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runners = [r for r in warm_runner.running(env) if r["socket"] == str(path)]
+        if runners and log.is_file() and "serving" in log.read_text():
+            return runners[0]
+        time.sleep(0.25)
+    raise AssertionError(f"no warm runner served within {timeout_s} s: {_read(log)}")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else "(no log)"
+
+
+def _jobs(env: dict[str, str]) -> list[int]:
+    """Pids of the jobs the runner forked, from its log, in order."""
+    paths = warm_runner.runner_paths(env)
+    assert paths is not None
+    lines = _read(paths.log).splitlines()
+    return [int(line.split()[-1]) for line in lines if line.startswith("job ")]
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _alive(pid: int) -> bool:
+    return background_server._alive(pid)
+
+
+def test_the_console_script_is_the_launcher() -> None:
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "vsrflow"]
+    assert script.value == "vsrflow.launch:run"
+
+
+def test_a_later_run_is_a_warm_child_with_the_commands_directory_environment_and_bytes(
+    home: Path, no_audio_clip: mf.FixtureInfo, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    env = _env(home, shared_model)
+    (tmp_path / "clip.mp4").write_bytes(no_audio_clip.path.read_bytes())
+    cold = _vsrflow(env, *_upscale_args("clip.mp4", "cold.mp4"), cwd=tmp_path)
+    assert cold.returncode == 0, cold.stderr[-3000:]
+    assert _jobs(env) == []  # the first command ran itself, and left a runner starting
+    runner = _serving(env)
+
+    # Relative paths: the child works in the command's directory, not the runner's.
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    warm = _vsrflow(env, *_upscale_args("../clip.mp4", "warm.mp4"), cwd=workdir)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    (job,) = _jobs(env)
+    assert job != runner["pid"] and not _alive(job)
+    summary = json.loads(warm.stdout)
+    assert summary["frames"] == no_audio_clip.frame_count
+    # Prefect's log level came from this command (WARNING unless -v), not from the runner's
+    # import: no INFO lines on the console.
+    assert "Beginning flow run" not in warm.stderr and "| INFO" not in warm.stderr
+    assert (workdir / "warm.mp4").read_bytes() == (tmp_path / "cold.mp4").read_bytes()
+    assert _frames(workdir / "warm.mp4") == no_audio_clip.frame_count
+
+    verbose = _vsrflow(env, *_upscale_args("../clip.mp4", "verbose.mp4", "-v"), cwd=workdir)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "Beginning flow run" in verbose.stderr
+    assert len(_jobs(env)) == 2
+
+    # An expected failure keeps its one line and exit status 2; argparse's usage error too.
+    missing = _vsrflow(env, *_upscale_args("nothere.mp4", "x.mp4"), cwd=workdir)
+    assert missing.returncode == 2
+    assert "vsrflow: error: input not found: nothere.mp4" in missing.stderr
+    usage = _vsrflow(env, "upscale", "clip.mp4", cwd=tmp_path)
+    assert usage.returncode == 2 and "required: -o/--output" in usage.stderr
+    assert len(_jobs(env)) == 4
+    assert warm_runner.running(env) == [{**runner, "jobs": 4}]
+
+
+def test_a_changed_environment_gets_its_own_runner(
+    home: Path, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Prefect and torch read part of the environment when imported: a runner serves only
+    commands with its own (less the shell's PWD/OLDPWD/SHLVL/_)."""
+    env = _env(home, shared_model)
+    other = {**env, "OMP_NUM_THREADS": "1"}
+    same = {**env, "PWD": "/somewhere", "OLDPWD": "/else", "SHLVL": "7", "_": "/bin/x"}
+    assert warm_runner.runner_paths(env) == warm_runner.runner_paths(same)
+    assert warm_runner.runner_paths(env) != warm_runner.runner_paths(other)
+    usage = ["upscale", "in.mp4"]  # refused by argparse: quick, and enough to start a runner
+    assert _vsrflow(env, *usage, cwd=tmp_path).returncode == 2
+    first = _serving(env)
+    assert _vsrflow(other, *usage, cwd=tmp_path).returncode == 2
+    second = _serving(other)
+    pids = sorted([int(first["pid"]), int(second["pid"])])
+    assert pids[0] != pids[1]
+    assert sorted(r["pid"] for r in warm_runner.running(env)) == pids  # both of this home
+    sockets = [Path(str(r["socket"])) for r in (first, second)]
+    for private in (warm_runner.runners_dir(env), sockets[0].parent):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    for sock in sockets:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+    stopped = _vsrflow(env, "server", "stop", cwd=tmp_path)
+    assert stopped.returncode == 0 and "stopped 2 warm runner(s)" in stopped.stdout
+    assert warm_runner.running(env) == [] and not any(_alive(p) for p in pids)
+    assert not any(sock.exists() for sock in sockets)
+
+
+def test_an_edited_module_changes_the_runner_key() -> None:
+    """A runner never runs code older than the checkout: the key covers the modules' mtimes."""
+    module = REPO / "vsrflow" / "__init__.py"
+    before = module.stat()
+    stamp = warm_runner.code_stamp()
+    try:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+        assert warm_runner.code_stamp() != stamp
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert warm_runner.code_stamp() == stamp
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "served"),
+    [
+        (["upscale", "a.mp4", "-o", "b.mp4"], {}, True),
+        (["upscale", "a.mp4", "-o", "b.mp4", "--server", "temporary"], {}, False),
+        (["upscale", "a.mp4", "-o", "b.mp4", "--server=temporary"], {}, False),
+        (["upscale", "a.mp4", "-o", "b.mp4"], {"VSRFLOW_SERVER": "temporary"}, False),
+        (["upscale", "a", "-o", "b", "--server", "background"], {"VSRFLOW_SERVER": "temporary"},
+         True),
+        (["upscale", "a.mp4", "-o", "b.mp4"], {"VSRFLOW_WARM": "0"}, False),
+        (["probe", "a.mp4"], {}, False),
+        ([], {}, False),
+    ],
+)  # fmt: skip
+def test_which_commands_are_served_warm(argv: list[str], env: dict[str, str], served: bool) -> None:
+    assert warm_runner.wanted(argv, env) is served
+
+
+def _start_job(env: dict[str, str], clip: Path, out: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A warm upscale started in the background, and its job's pid once the runner forked."""
+    before = len(_jobs(env))
+    command = subprocess.Popen(
+        _command(*_upscale_args(str(clip), str(out))), cwd=out.parent, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(_jobs(env)) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    jobs = _jobs(env)
+    assert len(jobs) == before + 1, "the runner did not fork a job"
+    return command, jobs[-1]
+
+
+def test_ctrl_c_and_kill_of_the_command_stop_its_job_and_stopping_the_runner_does_not(
+    home: Path, no_audio_clip: mf.FixtureInfo, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    env = _env(home, shared_model)
+    assert _vsrflow(env, "upscale", "in.mp4", cwd=tmp_path).returncode == 2
+    runner = _serving(env)
+
+    # Ctrl-C reaches the command only (the job is in the runner's session): it is forwarded.
+    command, job = _start_job(env, no_audio_clip.path, tmp_path / "interrupted.mp4")
+    time.sleep(2)  # into the flow run
+    command.send_signal(signal.SIGINT)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 130, err.decode()[-2000:]
+    assert "KeyboardInterrupt" in err.decode()
+    assert not _alive(job) and not (tmp_path / "interrupted.mp4").exists()
+
+    # kill -9 of the command: its connection closes and the job stops itself.
+    command, job = _start_job(env, no_audio_clip.path, tmp_path / "killed.mp4")
+    time.sleep(2)
+    command.kill()
+    command.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while _alive(job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(job)
+    assert not (tmp_path / "killed.mp4").exists()
+    assert _alive(int(runner["pid"]))  # the runner serves on
+    assert warm_runner.running(env)[0]["pid"] == runner["pid"]
+
+    # `vsrflow server stop` during a job: the runner goes, the job finishes and its command
+    # still gets the exit status (from the job itself).
+    command, job = _start_job(env, no_audio_clip.path, tmp_path / "outlived.mp4")
+    assert [r["pid"] for r in warm_runner.stop_all(env)] == [runner["pid"]]
+    _, err = command.communicate(timeout=300)
+    assert command.returncode == 0, err.decode()[-2000:]
+    assert _frames(tmp_path / "outlived.mp4") == no_audio_clip.frame_count

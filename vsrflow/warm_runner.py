@@ -1,0 +1,562 @@
+"""A warm runner: one process that has imported Prefect, torch and the flows once and forks a
+child for each ``vsrflow upscale``, so a run after the first does not wait for imports.
+
+Why: with the background Prefect server running, a short clip's ``vsrflow upscale`` still
+spent 4.8 s outside its upscale stage on a 2-core AVX2 machine, about 2.5 s of it importing
+(Prefect 1.2-1.6 s, the flow modules 0.8 s, the CLI's own 0.5 s; torch on top for the local
+profile). A fork of a process that has already imported them starts in milliseconds.
+
+How: the ``vsrflow`` console script (:mod:`vsrflow.launch`, standard library only) connects to
+the runner's Unix socket and hands over its arguments, working directory, umask, environment
+and its stdin/stdout/stderr themselves (``SCM_RIGHTS``). The runner forks; the child adopts
+all of them and runs ``flows.cli.main`` as the command would have, writing straight to the
+user's terminal, and sends its exit status back (so does the runner when it reaps the child:
+a job killed by a signal still reports one). The command forwards
+Ctrl-C/SIGTERM/SIGHUP to the child's process group; the child stops its group when the
+command dies (its connection closes), so ``kill -9`` of ``vsrflow`` still stops the job.
+
+One runner per environment: its socket is named by a hash of the environment (less a few
+shell variables), the Python executable and the code (every project module's size and
+mtime, the site-packages folder's mtime), so a changed ``PYTHONPATH``, an edited
+module or an upgraded package starts a new runner instead of running stale code. Prefect's
+settings and log levels, which it reads when imported, are re-read in the child after the
+command's environment and directory are adopted (``flows.cli``).
+
+Safety: the socket lives in a 0700 folder of the user's (``$XDG_RUNTIME_DIR`` or /tmp
+``/vsrflow-<uid>``; records and logs in ``<PREFECT_HOME>/vsrflow-runners/``) and the runner
+serves only its own user (``SO_PEERCRED``). It stops after the background server's idle time
+(``VSRFLOW_SERVER_IDLE_MINUTES``, default 60) without a job, when its socket is removed or
+replaced, and on ``vsrflow server stop``; jobs it forked run on. ``VSRFLOW_WARM=0`` turns it
+off (then every run imports everything itself, as ``python -m flows.cli`` always does).
+
+Framework-free: only the standard library is imported here; the runner process imports the
+flows by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import hashlib
+import importlib
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+#: ``VSRFLOW_WARM=0`` turns the warm runner off.
+WARM_ENV = "VSRFLOW_WARM"
+RUNNERS_DIR = "vsrflow-runners"
+#: What the runner imports before it serves: everything a local ``vsrflow upscale`` imports
+#: on its way to the upscale stage (the CLI, the flows, Prefect's engines, the model stack).
+PRELOAD = (
+    "flows.cli",
+    "flows.upscale_video",
+    "flows.upscale_images",
+    "tasks.upscale",
+    "deployments.profiles",
+    "prefect.client.orchestration",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "vsrflow.engine",
+    "vsrflow.models",
+    "spandrel",
+    "tqdm",
+)
+#: Shell bookkeeping that differs between two prompts of the same session: not part of the key.
+_VOLATILE_ENV = frozenset({"PWD", "OLDPWD", "SHLVL", "_"})
+#: The project's packages whose modules the runner has imported.
+_PACKAGES = ("vsrflow", "flows", "tasks", "deployments")
+_HEADER = struct.Struct("!I")
+#: AF_UNIX paths are limited to 108 bytes; a longer one means no warm runner (runs import).
+_MAX_SOCKET_PATH = 100
+#: Grace between SIGTERM and SIGKILL when the command that started a job is gone.
+_ORPHAN_GRACE_S = 10.0
+_POLL_S = 0.5
+IDLE_ENV = "VSRFLOW_SERVER_IDLE_MINUTES"
+DEFAULT_IDLE_MINUTES = 60.0
+
+
+def runners_dir(env: Mapping[str, str]) -> Path:
+    """Where the runners of this ``PREFECT_HOME`` keep their sockets and records."""
+    home = Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser().absolute()
+    return home / RUNNERS_DIR
+
+
+def code_stamp() -> str:
+    """What the runner's imports depend on besides the environment: the interpreter, the
+    project's modules (a digest of every module's name, size and mtime) and the installed
+    packages (site-packages' mtime changes when pip adds or removes one)."""
+    import sysconfig
+
+    root = Path(__file__).resolve().parent.parent
+    modules = hashlib.sha256()
+    for package in _PACKAGES:
+        for folder, subfolders, files in os.walk(root / package):
+            subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    info = os.stat(path)
+                    modules.update(f"{path}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    parts = [sys.executable, sys.version, modules.hexdigest()]
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat(sysconfig.get_path("purelib")).st_mtime_ns))
+    return "\n".join(parts)
+
+
+def runner_key(env: Mapping[str, str], stamp: str) -> str:
+    """The name of the runner that may serve a command with this environment and code."""
+    kept = sorted((k, v) for k, v in env.items() if k not in _VOLATILE_ENV)
+    return hashlib.sha256(json.dumps([stamp, kept]).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class RunnerPaths:
+    """Where one runner lives: its socket in a short private folder (``AF_UNIX`` paths are
+    limited to 108 bytes, and a ``PREFECT_HOME`` can be longer), its record, log and lock in
+    the ``PREFECT_HOME`` it serves (where ``vsrflow server status|stop`` find it)."""
+
+    socket: Path
+    folder: Path
+
+    @property
+    def key(self) -> str:
+        return self.socket.stem
+
+    @property
+    def record(self) -> Path:
+        return self.folder / f"{self.key}.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"{self.key}.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / f"{self.key}.lock"
+
+
+def _socket_folder(env: Mapping[str, str]) -> Path | None:
+    """``$XDG_RUNTIME_DIR`` (else ``$TMPDIR`` or /tmp) ``/vsrflow-<uid>``, made 0700; None
+    when it is not a folder of this user's (someone else made it first: no warm runs)."""
+    base = env.get("XDG_RUNTIME_DIR") or env.get("TMPDIR") or "/tmp"
+    folder = Path(base) / f"vsrflow-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(folder, 0o700)
+    except OSError:
+        return None
+    return folder
+
+
+def runner_paths(env: Mapping[str, str], stamp: str | None = None) -> RunnerPaths | None:
+    """The runner that may serve a command with ``env`` (None: no place for its socket)."""
+    folder = _socket_folder(env)
+    if folder is None:
+        return None
+    sock = folder / f"{runner_key(env, stamp or code_stamp())}.sock"
+    if len(os.fsencode(sock)) > _MAX_SOCKET_PATH:
+        return None
+    return RunnerPaths(socket=sock, folder=runners_dir(env))
+
+
+def wanted(argv: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether this command may be served warm: ``upscale`` on Linux, not turned off, and
+    not ``--server temporary`` (that run's Prefect server must die with the command)."""
+    if sys.platform != "linux" or env.get(WARM_ENV, "1") == "0":
+        return False
+    if not argv or argv[0] != "upscale":
+        return False
+    server = env.get("VSRFLOW_SERVER", "")
+    for i, arg in enumerate(argv):
+        if arg == "--server" and i + 1 < len(argv):
+            server = argv[i + 1]
+        elif arg.startswith("--server="):
+            server = arg.partition("=")[2]
+    return server != "temporary"
+
+
+# -- in the command ------------------------------------------------------------------------------
+
+
+def run_warm(argv: Sequence[str], path: Path) -> int | None:
+    """Run ``vsrflow ARGV`` in the runner listening at ``path``; its exit status, or None
+    when no runner took the job (nothing ran: the caller runs it itself)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.fspath(path))
+        request = json.dumps(
+            {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}
+        ).encode()
+        socket.send_fds(sock, [_HEADER.pack(len(request))], [0, 1, 2])
+        sock.sendall(request)
+    except OSError:
+        sock.close()
+        return None
+    with sock, sock.makefile("rb") as replies:
+        started = _reply(replies)
+        if started is None or "pid" not in started:
+            return None  # the runner stopped before it forked: nothing ran
+        group = int(started["pid"])
+        forward = _forward_signals(group)
+        try:
+            finished = _reply(replies)
+        finally:
+            forward()
+    if finished is None or "exit" not in finished:
+        print("vsrflow: error: the warm runner stopped during the run", file=sys.stderr)
+        return 1
+    return int(finished["exit"])
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _reply(replies: Any) -> dict[str, Any] | None:
+    """The runner's next line, None at EOF; a signal forwarded meanwhile does not break it."""
+    while True:
+        try:
+            line = replies.readline()
+        except InterruptedError:
+            continue
+        except OSError:
+            return None
+        return json.loads(line) if line else None
+
+
+def _forward_signals(group: int) -> Any:
+    """Send Ctrl-C, SIGTERM and SIGHUP to the job's process group (the terminal delivers
+    them to this command only: the job runs in the runner's session). Returns an undo."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signum)
+
+    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {kind: signal.signal(kind, forward) for kind in kinds}
+
+    def undo() -> None:
+        for kind, handler in before.items():
+            signal.signal(kind, handler)
+
+    return undo
+
+
+def start_in_background(env: Mapping[str, str], paths: RunnerPaths) -> None:
+    """Start the runner at ``paths`` (detached: its own session, output to its log) unless
+    one is starting or running; it serves from the next command on."""
+    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(paths.folder, 0o700)
+    command = [sys.executable, "-m", "vsrflow.warm_runner", "serve"]
+    with open(paths.log, "ab") as log:
+        subprocess.Popen(
+            [*command, os.fspath(paths.socket), os.fspath(paths.folder)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=paths.folder,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+# -- records: status and stop -----------------------------------------------------------------
+
+
+def running(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The runners of this ``PREFECT_HOME`` that are alive: pid, socket, started, jobs."""
+    from vsrflow.background_server import _alive
+
+    found = []
+    for record in sorted(runners_dir(env).glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(record.read_text())
+            if _alive(int(state["pid"])) and _is_runner(int(state["pid"])):
+                found.append(state)
+    return found
+
+
+def stop_all(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Stop every runner of this ``PREFECT_HOME`` (jobs they started run on)."""
+    from vsrflow.background_server import _alive
+
+    stopped = running(env)
+    for state in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(state["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + _ORPHAN_GRACE_S
+    while any(_alive(int(s["pid"])) for s in stopped) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stopped
+
+
+def _is_runner(pid: int) -> bool:
+    try:
+        return b"vsrflow.warm_runner" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+# -- the runner process ---------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """SIGTERM: leave the serve loop and clean up."""
+
+
+def _idle_seconds() -> float:
+    text = os.environ.get(IDLE_ENV, "")
+    try:
+        return max(0.0, float(text)) * 60 if text else DEFAULT_IDLE_MINUTES * 60
+    except ValueError:
+        return DEFAULT_IDLE_MINUTES * 60
+
+
+#: The runner's lock: held for its lifetime, closed (not unlocked) in every child so that a job
+#: still running does not keep a new runner for the same key from starting.
+_lock_file: Any = None
+
+
+def serve(paths: RunnerPaths) -> None:
+    """Listen at ``path`` (bound before the imports, so a command arriving meanwhile waits for
+    them instead of importing everything itself), import :data:`PRELOAD`, then fork a child
+    per job until idle, stopped, or the socket is gone."""
+    global _lock_file
+    path, record = paths.socket, paths.record
+    _lock_file = open(paths.lock, "a")  # noqa: SIM115  # held for the lifetime
+    try:
+        fcntl.flock(_lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # another runner for this key is starting or serving
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.fspath(path))
+    os.chmod(path, 0o600)
+    listener.listen(16)
+    inode = os.stat(path).st_ino
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    state = {"pid": os.getpid(), "socket": os.fspath(path), "started": time.time(), "jobs": 0}
+    _write_record(record, state)
+    try:
+        started = time.perf_counter()
+        for module in PRELOAD:
+            importlib.import_module(module)
+        extra = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        if extra:  # forking a process with threads could deadlock its children
+            print(f"warm runner: not serving, imports started threads {extra}", flush=True)
+            return
+        gc.collect()
+        gc.freeze()  # the children share the imported objects' pages instead of copying them
+        print(f"warm runner {os.getpid()}: imports took {time.perf_counter() - started:.2f} s,"
+              f" serving {path}", flush=True)  # fmt: skip
+        _serve_loop(listener, path, inode, record, state)
+    except _Stop:
+        pass
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == inode:
+                path.unlink()
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(record.read_text()).get("pid") == os.getpid():
+                record.unlink()
+
+
+def _write_record(record: Path, state: dict[str, Any]) -> None:
+    staged = record.with_name(f".{record.name}.{os.getpid()}")
+    staged.write_text(json.dumps(state))
+    os.replace(staged, record)
+
+
+def _serve_loop(
+    listener: socket.socket, path: Path, inode: int, record: Path, state: dict[str, Any]
+) -> None:
+    jobs: dict[int, socket.socket] = {}  # child pid -> its command's connection
+    last_active = time.monotonic()
+    idle_s = _idle_seconds()
+    listener.settimeout(_POLL_S)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            conn = None
+        if conn is not None:
+            pid = _start_job(conn, listener, jobs)
+            if pid is not None:
+                state["jobs"] += 1
+                _write_record(record, state)
+                print(f"job {state['jobs']}: pid {pid}", flush=True)
+        for pid, status in _reaped(jobs):
+            done = jobs.pop(pid)
+            with contextlib.suppress(OSError):
+                done.sendall(json.dumps({"exit": status}).encode() + b"\n")
+            done.close()
+        if jobs or conn is not None:
+            last_active = time.monotonic()
+        elif idle_s and time.monotonic() - last_active > idle_s:
+            print("idle: stopping", flush=True)
+            return
+        try:
+            if os.stat(path).st_ino != inode:
+                return  # replaced by another runner's socket
+        except OSError:
+            return  # removed
+
+
+def _reaped(jobs: Mapping[int, socket.socket]) -> list[tuple[int, int]]:
+    """(pid, exit status) of every finished job; a signal's death reads as 128 + signal."""
+    finished = []
+    for pid in list(jobs):
+        with contextlib.suppress(ChildProcessError):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                finished.append((pid, code if code >= 0 else 128 - code))
+    return finished
+
+
+def _start_job(
+    conn: socket.socket, listener: socket.socket, jobs: dict[int, socket.socket]
+) -> int | None:
+    """Read one command's request and fork its child; the child's pid (its process group
+    too), or None for a refused or broken request."""
+    fds: list[int] = []
+    try:
+        conn.settimeout(10.0)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        if struct.unpack("3i", creds)[1] != os.getuid():
+            raise PermissionError("another user")
+        header, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
+        if len(header) != _HEADER.size or len(fds) != 3:
+            raise ValueError("malformed request")
+        request = json.loads(_read_exactly(conn, _HEADER.unpack(header)[0]))
+        conn.settimeout(None)
+    except (OSError, ValueError) as exc:
+        print(f"refused a request: {exc}", flush=True)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return None
+    pid = os.fork()
+    if pid == 0:
+        _lock_file.close()
+        listener.close()
+        for other in jobs.values():
+            other.close()
+        _run_job(conn, fds, request)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # also done by the child: whichever runs first
+    for fd in fds:
+        os.close(fd)
+    with contextlib.suppress(OSError):  # the command is gone already: the child stops itself
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    jobs[pid] = conn
+    return pid
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = conn.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ValueError("request cut short")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _run_job(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> NoReturn:
+    """In the forked child: become the command (its streams, directory, umask, environment,
+    arguments, default signal handling), run the CLI, exit with its status."""
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.umask(int(request["umask"]))
+        os.environ.clear()
+        os.environ.update(request["env"])
+        argv = [str(arg) for arg in request["argv"]]
+        sys.argv = ["vsrflow", *argv]
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
+        gc.unfreeze()
+        threading.Thread(target=_stop_when_orphaned, args=(conn,), daemon=True).start()
+        from flows import cli
+
+        code = _exit_code(lambda: cli.main(argv, prefect_imported=True))
+        cli.run_exit_hooks()
+    except BaseException:  # a child must never return into the serve loop
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        # Also said by the runner once it reaps this child; said here too so the command
+        # gets it even if the runner was stopped meanwhile (the first one read counts).
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        os._exit(code)
+
+
+def _exit_code(main: Any) -> int:
+    """The CLI's status as a command's: argparse's SystemExit, Ctrl-C as 130."""
+    try:
+        return int(main())
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(exc.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        return 130
+
+
+def _stop_when_orphaned(conn: socket.socket) -> None:
+    """The command is this job's owner: when it dies (``kill -9`` included) its connection
+    closes, and the job stops as it would have died with it: SIGTERM to the job's group,
+    SIGKILL after a grace period."""
+    with contextlib.suppress(OSError):
+        while conn.recv(1):
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(0, signal.SIGTERM)
+    time.sleep(_ORPHAN_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(0, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "serve":
+        raise SystemExit("usage: python -m vsrflow.warm_runner serve SOCKET RECORD_FOLDER")
+    serve(RunnerPaths(socket=Path(sys.argv[2]), folder=Path(sys.argv[3])))
