@@ -340,6 +340,8 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
                 f"<= {target['cli_fixed_s']} s",
                 warm["fixed_s"] <= target["cli_fixed_s"],
             )
+            rss = st["warm_runner_idle_rss_mb"]
+            add("9 startup", "warm runner: resident memory while idle", f"{rss:.0f} MB")
     ft = r.get("feature")
     if ft and "error" not in ft:
         full, quarter = ft["runs"]["full"], ft["runs"]["quarter"]

@@ -253,8 +253,13 @@ def _adopt_prefect_settings() -> None:
     from prefect.context import refresh_global_settings_context
     from prefect.logging.configuration import setup_logging
 
+    from tasks import run_logging
+
     refresh_global_settings_context()
-    setup_logging(incremental=True)  # levels only: handlers (and their filters) are kept
+    # Whole, as at Prefect's import: levels, a logging.yml of this directory's settings, and
+    # console handlers that see this command's terminal (rich picks colours when built).
+    setup_logging(incremental=False)
+    run_logging.install()  # on loggers, which outlive the rebuild: a no-op unless missing
 
 
 def _check_images_job(args: argparse.Namespace) -> None:

@@ -23,11 +23,9 @@ def run() -> NoReturn:
     if warm_runner.wanted(argv, env):
         paths = warm_runner.runner_paths(env)
         if paths is not None:
-            code = warm_runner.run_warm(argv, paths.socket)
-            if code is not None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            finished = warm_runner.run_warm(argv, paths.socket)
+            if finished is not None:
+                warm_runner.exit_as(finished)
             # Its imports run beside this command's (two cores: mostly in parallel). A home
             # it cannot write to means no runner, not a failed command.
             with contextlib.suppress(OSError):

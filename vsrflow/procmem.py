@@ -12,11 +12,11 @@ from __future__ import annotations
 import resource
 
 
-def proc_status_mb(name: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process in MB; NaN where
-    /proc does not say."""
+def proc_status_mb(name: str, pid: int | None = None) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process (or ``pid``) in
+    MB; NaN where /proc does not say."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith(name + ":"):
                     return int(line.split()[1]) / 1024

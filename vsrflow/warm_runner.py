@@ -75,8 +75,16 @@ PRELOAD = (
     "spandrel",
     "tqdm",
 )
-#: Shell bookkeeping that differs between two prompts of the same session: not part of the key.
-_VOLATILE_ENV = frozenset({"PWD", "OLDPWD", "SHLVL", "_"})
+#: Shell and session bookkeeping that differs between two prompts, terminals or ssh logins of
+#: the same user and affects no import: not part of the key (the job still gets its values).
+_VOLATILE_ENV = frozenset(
+    {"PWD", "OLDPWD", "SHLVL", "_", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "SSH_AUTH_SOCK",
+     "TMUX_PANE", "WINDOWID", "TERM_SESSION_ID", "XDG_SESSION_ID", "COLUMNS", "LINES"}
+)  # fmt: skip
+#: Runners kept per PREFECT_HOME; starting one more stops the least recently used.
+MAX_RUNNERS = 2
+#: How long a command waits for a runner still importing before it runs the job itself.
+START_TIMEOUT_S = 120.0
 #: The project's packages whose modules the runner has imported.
 _PACKAGES = ("vsrflow", "flows", "tasks", "deployments")
 _HEADER = struct.Struct("!I")
@@ -95,13 +103,14 @@ def runners_dir(env: Mapping[str, str]) -> Path:
     return home / RUNNERS_DIR
 
 
-def code_stamp() -> str:
+def code_stamp(root: Path | None = None) -> str:
     """What the runner's imports depend on besides the environment: the interpreter, the
-    project's modules (a digest of every module's name, size and mtime) and the installed
-    packages (site-packages' mtime changes when pip adds or removes one)."""
+    project's modules under ``root`` (this checkout or install; a digest of every module's
+    name, size and mtime) and the installed packages (site-packages' mtime changes when pip
+    adds or removes one)."""
     import sysconfig
 
-    root = Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parent.parent
     modules = hashlib.sha256()
     for package in _PACKAGES:
         for folder, subfolders, files in os.walk(root / package):
@@ -117,10 +126,31 @@ def code_stamp() -> str:
     return "\n".join(parts)
 
 
-def runner_key(env: Mapping[str, str], stamp: str) -> str:
-    """The name of the runner that may serve a command with this environment and code."""
+def process_identity() -> str:
+    """What a job inherits from its process rather than its environment: niceness, CPU
+    affinity (torch sizes its thread pool from it), resource limits and cgroup (memory
+    limits). A forked job gets the runner's, so a runner serves only commands with its own:
+    ``nice``, ``taskset``, ``ulimit`` or a cgroup scope mean another runner."""
+    import resource
+
+    limits = [
+        (name, resource.getrlimit(getattr(resource, name)))
+        for name in sorted(dir(resource))
+        if name.startswith("RLIMIT_")
+    ]
+    try:
+        cgroup = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        cgroup = ""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    return json.dumps([nice, sorted(os.sched_getaffinity(0)), limits, cgroup])
+
+
+def runner_key(env: Mapping[str, str], stamp: str, identity: str = "") -> str:
+    """The name of the runner that may serve a command with this environment, code and
+    process identity."""
     kept = sorted((k, v) for k, v in env.items() if k not in _VOLATILE_ENV)
-    return hashlib.sha256(json.dumps([stamp, kept]).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps([stamp, identity, kept]).encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -148,6 +178,11 @@ class RunnerPaths:
     def lock(self) -> Path:
         return self.folder / f"{self.key}.lock"
 
+    @property
+    def failed(self) -> Path:
+        """Written when this runner could not serve; why, for whoever looks."""
+        return self.folder / f"{self.key}.failed"
+
 
 def _socket_folder(env: Mapping[str, str]) -> Path | None:
     """``$XDG_RUNTIME_DIR`` (else ``$TMPDIR`` or /tmp) ``/vsrflow-<uid>``, made 0700; None
@@ -171,7 +206,8 @@ def runner_paths(env: Mapping[str, str], stamp: str | None = None) -> RunnerPath
     folder = _socket_folder(env)
     if folder is None:
         return None
-    sock = folder / f"{runner_key(env, stamp or code_stamp())}.sock"
+    key = runner_key(env, stamp or code_stamp(), process_identity())
+    sock = folder / f"{key}.sock"
     if len(os.fsencode(sock)) > _MAX_SOCKET_PATH:
         return None
     return RunnerPaths(socket=sock, folder=runners_dir(env))
@@ -186,19 +222,37 @@ def wanted(argv: Sequence[str], env: Mapping[str, str]) -> bool:
         return False
     server = env.get("VSRFLOW_SERVER", "")
     for i, arg in enumerate(argv):
-        if arg == "--server" and i + 1 < len(argv):
-            server = argv[i + 1]
-        elif arg.startswith("--server="):
-            server = arg.partition("=")[2]
+        name, equals, value = arg.partition("=")
+        # argparse takes any unambiguous prefix: --se, --ser, ... (--s is ambiguous)
+        if len(name) >= 4 and "--server".startswith(name):
+            server = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
     return server != "temporary"
 
 
 # -- in the command ------------------------------------------------------------------------------
 
 
-def run_warm(argv: Sequence[str], path: Path) -> int | None:
-    """Run ``vsrflow ARGV`` in the runner listening at ``path``; its exit status, or None
-    when no runner took the job (nothing ran: the caller runs it itself)."""
+@dataclass(frozen=True)
+class Finished:
+    """How a job ended: its exit status, or the signal that ended it (then the command ends
+    by the same signal, as a cold one would: a shell loop stops on Ctrl-C)."""
+
+    code: int
+    signal: int | None = None
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_warm(argv: Sequence[str], path: Path) -> Finished | None:
+    """Run ``vsrflow ARGV`` in the runner listening at ``path``; how it ended, or None when
+    no runner took the job (nothing ran: the caller runs it itself)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(os.fspath(path))
@@ -211,19 +265,44 @@ def run_warm(argv: Sequence[str], path: Path) -> int | None:
         sock.close()
         return None
     with sock, sock.makefile("rb") as replies:
-        started = _reply(replies)
+        # Until the job is forked (the runner may still be importing), a signal ends this
+        # command: the runner then finds the connection closed and never releases the job.
+        def interrupted(signum: int, _frame: object) -> None:
+            raise _Interrupted(signum)
+
+        before = {kind: signal.signal(kind, interrupted) for kind in _FORWARDED}
+        try:
+            sock.settimeout(START_TIMEOUT_S)
+            started = _reply(replies)
+        except _Interrupted as stop:
+            return Finished(128 + stop.signum, stop.signum)
+        finally:
+            for kind, handler in before.items():
+                signal.signal(kind, handler)
         if started is None or "pid" not in started:
-            return None  # the runner stopped before it forked: nothing ran
-        group = int(started["pid"])
-        forward = _forward_signals(group)
+            return None  # the runner stopped, or was still importing: nothing ran
+        sock.settimeout(None)
+        undo = _forward_signals(int(started["pid"]))
         try:
             finished = _reply(replies)
         finally:
-            forward()
-    if finished is None or "exit" not in finished:
+            undo()
+    if finished is None or not ("exit" in finished or "signal" in finished):
         print("vsrflow: error: the warm runner stopped during the run", file=sys.stderr)
-        return 1
-    return int(finished["exit"])
+        return Finished(1)
+    if finished.get("signal"):
+        return Finished(128 + int(finished["signal"]), int(finished["signal"]))
+    return Finished(int(finished["exit"]))
+
+
+def exit_as(finished: Finished) -> NoReturn:
+    """End this command as the job ended: its status, or killed by its signal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if finished.signal:
+        signal.signal(finished.signal, signal.SIG_DFL)
+        os.kill(os.getpid(), finished.signal)
+    os._exit(finished.code)
 
 
 def _umask() -> int:
@@ -233,15 +312,12 @@ def _umask() -> int:
 
 
 def _reply(replies: Any) -> dict[str, Any] | None:
-    """The runner's next line, None at EOF; a signal forwarded meanwhile does not break it."""
-    while True:
-        try:
-            line = replies.readline()
-        except InterruptedError:
-            continue
-        except OSError:
-            return None
-        return json.loads(line) if line else None
+    """The runner's next line; None at EOF, on a broken connection or a timeout."""
+    try:
+        line = replies.readline()
+    except OSError:
+        return None
+    return json.loads(line) if line else None
 
 
 def _forward_signals(group: int) -> Any:
@@ -252,8 +328,7 @@ def _forward_signals(group: int) -> Any:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signum)
 
-    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    before = {kind: signal.signal(kind, forward) for kind in kinds}
+    before = {kind: signal.signal(kind, forward) for kind in _FORWARDED}
 
     def undo() -> None:
         for kind, handler in before.items():
@@ -264,9 +339,18 @@ def _forward_signals(group: int) -> Any:
 
 def start_in_background(env: Mapping[str, str], paths: RunnerPaths) -> None:
     """Start the runner at ``paths`` (detached: its own session, output to its log) unless
-    one is starting or running; it serves from the next command on."""
+    one is starting or running, or one for this key could not serve before (its imports
+    failed: every command would start another doomed one). Keeps at most
+    :data:`MAX_RUNNERS`: the least recently used other runner is stopped to make room."""
+    if paths.failed.exists():
+        return
     paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(paths.folder, 0o700)
+    others = [r for r in running(env) if r.get("socket") != os.fspath(paths.socket)]
+    others.sort(key=lambda r: float(r.get("last_used", r.get("started", 0))))
+    for state in others[: max(0, len(others) - MAX_RUNNERS + 1)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(state["pid"]), signal.SIGTERM)
     command = [sys.executable, "-m", "vsrflow.warm_runner", "serve"]
     with open(paths.log, "ab") as log:
         subprocess.Popen(
@@ -339,9 +423,9 @@ _lock_file: Any = None
 
 
 def serve(paths: RunnerPaths) -> None:
-    """Listen at ``path`` (bound before the imports, so a command arriving meanwhile waits for
-    them instead of importing everything itself), import :data:`PRELOAD`, then fork a child
-    per job until idle, stopped, or the socket is gone."""
+    """Listen at the socket (bound before the imports, so a command arriving meanwhile waits
+    for them instead of importing everything itself), import :data:`PRELOAD`, then fork a
+    child per job until idle, stopped, or the socket is gone."""
     global _lock_file
     path, record = paths.socket, paths.record
     _lock_file = open(paths.lock, "a")  # noqa: SIM115  # held for the lifetime
@@ -355,35 +439,45 @@ def serve(paths: RunnerPaths) -> None:
     os.chmod(path, 0o600)
     listener.listen(16)
     inode = os.stat(path).st_ino
+    me = os.getpid()
 
     def stop(_signum: int, _frame: object) -> None:
         raise _Stop
 
     signal.signal(signal.SIGTERM, stop)
-    state = {"pid": os.getpid(), "socket": os.fspath(path), "started": time.time(), "jobs": 0}
+    now = time.time()
+    state = {"pid": me, "socket": os.fspath(path), "started": now, "last_used": now, "jobs": 0}
     _write_record(record, state)
     try:
         started = time.perf_counter()
-        for module in PRELOAD:
-            importlib.import_module(module)
+        try:
+            for module in PRELOAD:
+                importlib.import_module(module)
+        except Exception as exc:  # a broken install: say so once, run cold from now on
+            paths.failed.write_text(f"import failed: {traceback.format_exc()}")
+            print(f"warm runner: not serving, import failed: {exc!r}", flush=True)
+            return
         extra = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-        if extra:  # forking a process with threads could deadlock its children
+        if extra:  # forking a process with Python threads could deadlock its children
+            paths.failed.write_text(f"imports started threads {extra}")
             print(f"warm runner: not serving, imports started threads {extra}", flush=True)
             return
         gc.collect()
         gc.freeze()  # the children share the imported objects' pages instead of copying them
-        print(f"warm runner {os.getpid()}: imports took {time.perf_counter() - started:.2f} s,"
+        print(f"warm runner {me}: imports took {time.perf_counter() - started:.2f} s,"
               f" serving {path}", flush=True)  # fmt: skip
         _serve_loop(listener, path, inode, record, state)
     except _Stop:
         pass
     finally:
+        if os.getpid() != me:  # never in a job: it ends in _run_job; belt and braces
+            os._exit(1)
         listener.close()
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == inode:
                 path.unlink()
         with contextlib.suppress(OSError, ValueError):
-            if json.loads(record.read_text()).get("pid") == os.getpid():
+            if json.loads(record.read_text()).get("pid") == me:
                 record.unlink()
 
 
@@ -409,12 +503,14 @@ def _serve_loop(
             pid = _start_job(conn, listener, jobs)
             if pid is not None:
                 state["jobs"] += 1
+                state["last_used"] = time.time()
                 _write_record(record, state)
                 print(f"job {state['jobs']}: pid {pid}", flush=True)
-        for pid, status in _reaped(jobs):
+        for pid, ending in _reaped(jobs):
             done = jobs.pop(pid)
-            with contextlib.suppress(OSError):
-                done.sendall(json.dumps({"exit": status}).encode() + b"\n")
+            if ending is not None:
+                with contextlib.suppress(OSError):
+                    done.sendall(json.dumps(ending).encode() + b"\n")
             done.close()
         if jobs or conn is not None:
             last_active = time.monotonic()
@@ -428,23 +524,37 @@ def _serve_loop(
             return  # removed
 
 
-def _reaped(jobs: Mapping[int, socket.socket]) -> list[tuple[int, int]]:
-    """(pid, exit status) of every finished job; a signal's death reads as 128 + signal."""
-    finished = []
+def _reaped(jobs: Mapping[int, socket.socket]) -> list[tuple[int, dict[str, int] | None]]:
+    """Every finished job and how it ended ({"exit": n} or {"signal": n}; None: reaped
+    elsewhere, nothing known)."""
+    finished: list[tuple[int, dict[str, int] | None]] = []
     for pid in list(jobs):
-        with contextlib.suppress(ChildProcessError):
+        try:
             done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                code = os.waitstatus_to_exitcode(status)
-                finished.append((pid, code if code >= 0 else 128 - code))
+        except ChildProcessError:
+            finished.append((pid, None))
+            continue
+        if done:
+            if os.WIFSIGNALED(status):
+                finished.append((pid, {"signal": os.WTERMSIG(status)}))
+            else:
+                finished.append((pid, {"exit": os.waitstatus_to_exitcode(status)}))
     return finished
+
+
+_JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def _start_job(
     conn: socket.socket, listener: socket.socket, jobs: dict[int, socket.socket]
 ) -> int | None:
     """Read one command's request and fork its child; the child's pid (its process group
-    too), or None for a refused or broken request."""
+    too), or None for a refused or broken request.
+
+    The child waits on a pipe until the runner has told the command its pid: the command's
+    first reply is always the pid (a job failing in a millisecond cannot overtake it), and a
+    command gone meanwhile never gets a job it cannot see. Signals are blocked across the
+    fork so that none reaches the child while it still has the runner's handlers."""
     fds: list[int] = []
     try:
         conn.settimeout(10.0)
@@ -462,19 +572,26 @@ def _start_job(
             os.close(fd)
         conn.close()
         return None
-    pid = os.fork()
-    if pid == 0:
-        _lock_file.close()
-        listener.close()
-        for other in jobs.values():
-            other.close()
-        _run_job(conn, fds, request)
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)  # also done by the child: whichever runs first
-    for fd in fds:
-        os.close(fd)
-    with contextlib.suppress(OSError):  # the command is gone already: the child stops itself
-        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    release_r, release_w = os.pipe()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.close(release_w)
+            _run_job(conn, fds, request, release_r, mask, [listener, *jobs.values()])
+        os.close(release_r)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first
+        for fd in fds:
+            os.close(fd)
+        try:
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            os.write(release_w, b"go")
+        except OSError:
+            pass  # the command is gone: the child sees the pipe close unreleased and exits
+        os.close(release_w)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     jobs[pid] = conn
     return pid
 
@@ -490,12 +607,31 @@ def _read_exactly(conn: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _run_job(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> NoReturn:
-    """In the forked child: become the command (its streams, directory, umask, environment,
-    arguments, default signal handling), run the CLI, exit with its status."""
-    code = 1
+def _run_job(
+    conn: socket.socket,
+    fds: list[int],
+    request: dict[str, Any],
+    release: int,
+    mask: set[signal.Signals],
+    inherited: list[socket.socket],
+) -> NoReturn:
+    """In the forked child: wait to be released, become the command (its streams,
+    directory, umask, environment, arguments, default signal handling), run the CLI and its
+    exit hooks, report how it ended and exit the same way. Never returns."""
+    code, killed_by = 1, None
+    ran = False
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _lock_file.close()
+        for sock in inherited:
+            sock.close()
         os.setpgid(0, 0)
+        if not os.read(release, 2):
+            os._exit(0)  # not released: the command is gone, nothing runs
+        os.close(release)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -505,41 +641,38 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> No
         os.environ.update(request["env"])
         argv = [str(arg) for arg in request["argv"]]
         sys.argv = ["vsrflow", *argv]
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         with contextlib.suppress(AttributeError, ValueError):
             sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
-        gc.unfreeze()
         threading.Thread(target=_stop_when_orphaned, args=(conn,), daemon=True).start()
         from flows import cli
 
-        code = _exit_code(lambda: cli.main(argv, prefect_imported=True))
-        cli.run_exit_hooks()
-    except BaseException:  # a child must never return into the serve loop
+        ran = True
+        code = int(cli.main(argv, prefect_imported=True))
+    except SystemExit as exc:  # argparse: usage errors (2) and --help (0)
+        if exc.code is None or isinstance(exc.code, int):
+            code = int(exc.code or 0)
+        else:
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:  # as a cold command: the traceback, then death by SIGINT
+        traceback.print_exc()
+        killed_by = signal.SIGINT
+    except BaseException:  # a bug: its traceback, status 1 (never back into the serve loop)
         traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
+        if ran:
+            with contextlib.suppress(BaseException):
+                from flows import cli
+
+                cli.run_exit_hooks()  # Prefect's log/event workers drain, Dask clusters close
+        with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
         # Also said by the runner once it reaps this child; said here too so the command
         # gets it even if the runner was stopped meanwhile (the first one read counts).
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
-        os._exit(code)
-
-
-def _exit_code(main: Any) -> int:
-    """The CLI's status as a command's: argparse's SystemExit, Ctrl-C as 130."""
-    try:
-        return int(main())
-    except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            return int(exc.code or 0)
-        print(exc.code, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        return 130
+        ending = {"signal": int(killed_by)} if killed_by else {"exit": code}
+        with contextlib.suppress(BaseException):
+            conn.sendall(json.dumps(ending).encode() + b"\n")
+        os._exit(128 + killed_by if killed_by else code)
 
 
 def _stop_when_orphaned(conn: socket.socket) -> None:

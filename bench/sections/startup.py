@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, SHARED, WEIGHTS_NAME
+from vsrflow.procmem import proc_status_mb
 
 #: Targets from issue 11: control flow import, CLI fixed cost after the first run.
 TARGET_IMPORT_S = 1.5
@@ -96,8 +97,9 @@ def _cli_run(
     }
 
 
-def _wait_for_warm_runner(env: dict[str, str], timeout_s: float = 300.0) -> None:
-    """Until the runner the console script's first run started has done its imports."""
+def _wait_for_warm_runner(env: dict[str, str], timeout_s: float = 300.0) -> int:
+    """The pid of the runner the console script's first run started, once it has done its
+    imports."""
     from vsrflow import warm_runner
 
     paths = warm_runner.runner_paths(env)
@@ -106,7 +108,7 @@ def _wait_for_warm_runner(env: dict[str, str], timeout_s: float = 300.0) -> None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if paths.log.is_file() and "serving" in paths.log.read_text():
-            return
+            return int(json.loads(paths.record.read_text())["pid"])
         time.sleep(0.2)
     raise RuntimeError(f"the warm runner did not serve within {timeout_s:.0f} s")
 
@@ -122,11 +124,13 @@ def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
         first = _cli_run(clip, scratch / "startup-first.mp4", env)
         later = _cli_run(clip, scratch / "startup-later.mp4", env)
         launcher_first = _cli_run(clip, scratch / "startup-launch.mp4", env, cli=LAUNCHER)
-        _wait_for_warm_runner(env)
+        runner = _wait_for_warm_runner(env)
         warm = min(
             (_cli_run(clip, scratch / f"startup-warm{i}.mp4", env, cli=LAUNCHER) for i in (1, 2)),
             key=lambda run: run["fixed_s"],
         )
+        # What an idle runner holds (its children share these pages until they write them).
+        runner_rss_mb = round(proc_status_mb("VmRSS", runner), 1)
     finally:
         subprocess.run(
             [sys.executable, "-m", "flows.cli", "server", "stop"],
@@ -145,5 +149,6 @@ def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
         "cli_background_later": later,
         "cli_launcher_first": launcher_first,
         "cli_warm_runner": warm,
+        "warm_runner_idle_rss_mb": runner_rss_mb,
         "targets": {"import_s": TARGET_IMPORT_S, "cli_fixed_s": TARGET_CLI_FIXED_S},
     }
