@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -129,3 +130,38 @@ def test_a_temporary_server_is_not_kept(
     assert run.returncode == 0, run.stderr[-3000:]
     assert "started a Prefect server" not in run.stderr
     assert background_server.read_state(home) is None and _servers_of(home) == []
+
+
+def test_a_new_server_waits_for_its_late_record_then_stops_when_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    """The command writes the record after starting the server: a server whose record is late
+    (a command descheduled on a loaded machine) must not take that for "stop" (it did, in
+    CI); once its record named it, a removed record stops it. A stand-in server
+    (``http.server`` on 127.0.0.1) under the same watcher."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "vsrflow.background_server", "serve", str(home),
+               "http.server", "--bind", "127.0.0.1", str(port)]  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(3 * background_server._POLL_S)  # three looks at a missing record
+        assert server.poll() is None, "stopped before its record was written"
+        state = background_server.ServerState(
+            pid=server.pid, port=port, api_url=f"http://127.0.0.1:{port}/api",
+            started=time.time(), idle_minutes=0,
+        )  # fmt: skip
+        background_server.state_path(home).write_text(json.dumps(state.__dict__))
+        time.sleep(2 * background_server._POLL_S)
+        assert server.poll() is None, "stopped although its record names it"
+        background_server.state_path(home).unlink()
+        assert server.wait(timeout=30) != 0  # stopped itself (SIGTERM)
+    finally:
+        server.kill()
+        server.wait()
