@@ -66,6 +66,27 @@ def test_what_a_flow_process_imports_brings_no_torch(module: str) -> None:
     assert json.loads(out) == [], f"importing {module} imported {out.strip()}"
 
 
+#: What a control flow (backfill, watch) and parameter validation import: they list storage,
+#: validate settings and start deployments; they never decode, encode or run a model.
+CONTROL_MODULES = ["flows.archive", "flows.params", "vsrflow.settings"]
+_MEDIA_LOADED = "sorted(m for m in ('torch', 'spandrel', 'av', 'numpy') if m in sys.modules)"
+
+
+@pytest.mark.parametrize("module", CONTROL_MODULES)
+def test_control_flows_and_settings_validation_bring_no_media_stack(module: str) -> None:
+    """PyAV and numpy are ~0.2 s of a control flow's import on this machine kind (and a
+    watch run starts every minute): the settings model reads codec presets and deinterlace
+    modes from modules that do not load FFmpeg."""
+    code = (
+        f"import json, sys, {module}; from vsrflow.settings import UpscaleSettings; "
+        "UpscaleSettings.model_validate("
+        "{'encoder': {'codec': 'hevc'}, 'deinterlace': {'mode': 'bwdif'}}); "
+        f"print(json.dumps({_MEDIA_LOADED}))"
+    )
+    out = _fresh_python(code)
+    assert json.loads(out) == [], f"importing {module} imported {out.strip()}"
+
+
 def test_a_release_file_is_described_by_the_registry_without_torch(
     shared_model: Callable[[str], Path],
 ) -> None:

@@ -16,10 +16,9 @@ from vsrflow.faces.job import FaceJob
 from vsrflow.geometry import check_output_size, output_geometry
 from vsrflow.media.alpha import AlphaOutcome, alpha_outcome, describe_outcome
 from vsrflow.media.carry import Handling, plan_carry, square_pixel_size, without_captions
-from vsrflow.media.codecs import get_codec
+from vsrflow.media.codecs import EncoderSettings, get_codec
 from vsrflow.media.deinterlace import CYCLE as PULLDOWN_CYCLE
 from vsrflow.media.deinterlace import Decision, choose, with_outputs
-from vsrflow.media.encode import EncoderSettings
 from vsrflow.media.probe import MediaInfo, VideoParams
 from vsrflow.plan import Batch, batch_frames, plan_batches
 from vsrflow.settings import UpscaleSettings

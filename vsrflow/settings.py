@@ -25,9 +25,8 @@ from pydantic.fields import FieldInfo
 from vsrflow.engine_settings import ENGINE_DEFAULTS, EngineSettings
 from vsrflow.faces.job import FaceJob
 from vsrflow.faces.registry import DEFAULT_DETECTOR, list_detectors
-from vsrflow.media.codecs import CODEC_PRESETS
-from vsrflow.media.deinterlace import MODES as DEINTERLACE_MODES
-from vsrflow.media.encode import EncoderSettings
+from vsrflow.media.codecs import CODEC_PRESETS, EncoderSettings
+from vsrflow.media.deinterlace_modes import MODES as DEINTERLACE_MODES
 from vsrflow.models.registry import ContentPreset, list_specs, model_for_content
 from vsrflow.plan import DEFAULT_MAX_BATCHES
 

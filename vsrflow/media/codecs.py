@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import av
-
 
 @dataclass(frozen=True)
 class CodecPreset:
@@ -54,7 +52,12 @@ class CodecPreset:
 
         Read off a 2x2 format: at PyAV's default 0x0 every plane is 0 wide, which made
         this False for 4:2:0, and an odd outscale/target-height size then failed in the
-        encoder of every batch instead of being rounded to even here."""
+        encoder of every batch instead of being rounded to even here.
+
+        PyAV is imported here, not at module level: settings validation (and with it the
+        control flows, which never encode) reads the presets without loading FFmpeg."""
+        import av
+
         fmt = av.VideoFormat(self.pix_fmt_8bit, 2, 2)
         return any(c.width != 2 or c.height != 2 for c in fmt.components)
 
@@ -198,3 +201,31 @@ def exact_time_options(muxer: str, time_base: Fraction) -> dict[str, str]:
     if muxer in MATROSKA_MUXERS:
         return {"avoid_negative_ts": "disabled"}
     return {}
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """User-facing encoder choice; ``None`` means the preset's default. ``alpha`` is what to
+    do with a source's alpha channel (keep, flatten, drop: see ``vsrflow.media.alpha``)."""
+
+    codec: str = "h264"
+    quality: int | None = None
+    speed: str | None = None
+    alpha: str = "keep"
+
+    def options(self, *, alpha: bool = False) -> dict[str, str]:
+        """Encoder options; ``alpha``: for frames with an alpha plane (ProRes 4444...)."""
+        preset = get_codec(self.codec)
+        opts = dict(preset.extra_options)
+        if alpha:
+            opts.update(preset.alpha_options)
+        if preset.quality_option:
+            q = self.quality if self.quality is not None else preset.default_quality
+            opts[preset.quality_option] = str(q)
+        if preset.speed_option:
+            opts[preset.speed_option] = self.speed or str(preset.default_speed)
+        return opts
+
+    def identity(self) -> dict[str, object]:
+        """What determines the encoded bytes (part of the batch cache key)."""
+        return {"encoder": get_codec(self.codec).encoder, "options": self.options()}

@@ -51,14 +51,12 @@ import av.filter
 from vsrflow.errors import CorruptMediaError
 from vsrflow.media.colour import ColourInfo
 from vsrflow.media.decode import DecodedFrame, frame_to_rgb, native_frames
+from vsrflow.media.deinterlace_modes import MODES
 from vsrflow.media.interlace import FieldAnalysis
 
 if TYPE_CHECKING:  # the planner imports the probe, which imports this module
     from vsrflow.plan import Batch, Context
 
-#: The ``--deinterlace`` choices: auto, off, a deinterlacer, or inverse telecine.
-DEINTERLACERS = ("bwdif", "yadif", "w3fdif", "estdif")
-MODES = ("auto", "off", *DEINTERLACERS, "ivtc")
 Rate = Literal["field", "frame"]
 #: Neighbour frames decoded on each side of a batch: bwdif/yadif/estdif read one, w3fdif
 #: and fieldmatch followed by yadif read two.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -26,38 +25,10 @@ import numpy as np
 from av.video.frame import PictureType
 
 from vsrflow.media.carry import CarryPlan
-from vsrflow.media.codecs import exact_time_options, get_codec
+from vsrflow.media.codecs import EncoderSettings, exact_time_options, get_codec
 from vsrflow.media.colour import ColourInfo
 from vsrflow.media.decode import rgb_format_for, rgba_format_for
 from vsrflow.media.rotation import DisplayMatrix
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """User-facing encoder choice; ``None`` means the preset's default. ``alpha`` is what to
-    do with a source's alpha channel (keep, flatten, drop: see ``vsrflow.media.alpha``)."""
-
-    codec: str = "h264"
-    quality: int | None = None
-    speed: str | None = None
-    alpha: str = "keep"
-
-    def options(self, *, alpha: bool = False) -> dict[str, str]:
-        """Encoder options; ``alpha``: for frames with an alpha plane (ProRes 4444...)."""
-        preset = get_codec(self.codec)
-        opts = dict(preset.extra_options)
-        if alpha:
-            opts.update(preset.alpha_options)
-        if preset.quality_option:
-            q = self.quality if self.quality is not None else preset.default_quality
-            opts[preset.quality_option] = str(q)
-        if preset.speed_option:
-            opts[preset.speed_option] = self.speed or str(preset.default_speed)
-        return opts
-
-    def identity(self) -> dict[str, object]:
-        """What determines the encoded bytes (part of the batch cache key)."""
-        return {"encoder": get_codec(self.codec).encoder, "options": self.options()}
 
 
 @functools.cache
