@@ -301,6 +301,13 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             f"<= {target['import_s']} s, no",
             imported <= target["import_s"] and not st["control_flow_imports_torch"],
         )
+        if "prefect_import_s" in st:
+            add(
+                "9 startup",
+                "of which Prefect's own import (prefect.main, what `from prefect import flow` "
+                "loads): the floor",
+                f"{st['prefect_import_s']:.2f} s",
+            )
         if "video_flow_import_s" in st:
             add(
                 "9 startup",

@@ -115,6 +115,8 @@ def _wait_for_warm_runner(env: dict[str, str], timeout_s: float = 300.0) -> int:
 
 def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
     control = _import("flows.archive", scratch / "import-home")
+    # The floor under it: Prefect's own import, as ``from prefect import flow`` triggers it.
+    prefect_floor = _import("prefect.main", scratch / "import-home")
     # What the CLI and a deployment run import: planning and orchestration, no model.
     video = _import("flows.upscale_video", scratch / "import-home")
     home = scratch / "startup-home"
@@ -142,6 +144,7 @@ def run_startup(clip: Path, scratch: Path) -> dict[str, Any]:
     return {
         "control_flow_import_s": control["seconds"],
         "control_flow_imports_torch": control["imports_torch"],
+        "prefect_import_s": prefect_floor["seconds"],
         "video_flow_import_s": video["seconds"],
         "video_flow_imports_torch": video["imports_torch"],
         "cli_temporary_server": temporary,
