@@ -14,7 +14,7 @@ from bench.common import DiskSampler
 
 if TYPE_CHECKING:
     from vsrflow.engine import Upscaler
-    from vsrflow.media.encode import EncoderSettings
+    from vsrflow.media.codecs import EncoderSettings
 
 
 class BatchRig:
@@ -56,7 +56,7 @@ class BatchRig:
         return self.upscaler.upscale(self.frames)
 
     def pipeline(self, encoder: EncoderSettings | None = None) -> None:
-        from vsrflow.media.encode import EncoderSettings
+        from vsrflow.media.codecs import EncoderSettings
         from vsrflow.pipeline import upscale_batch
 
         target = self.chunks / f"{uuid.uuid4().hex}.mp4"

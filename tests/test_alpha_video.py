@@ -37,7 +37,7 @@ from vsrflow.errors import AssemblyError
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.alpha import ALPHA_TAG, BLOCK_ADDITIONAL, alpha_tagged, stream_has_alpha
 from vsrflow.media.assemble import assemble, check_output_compatible, verify_output
-from vsrflow.media.encode import EncoderSettings
+from vsrflow.media.codecs import EncoderSettings
 from vsrflow.media.probe import MediaInfo, probe
 from vsrflow.models import LoadedModel, get_model
 from vsrflow.pipeline import upscale_batch

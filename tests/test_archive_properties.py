@@ -39,8 +39,7 @@ from vsrflow.errors import AssemblyError
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import assemble, check_output_compatible, verify_output
 from vsrflow.media.carry import ContentLight, MasteringDisplay, read_frame_side_data
-from vsrflow.media.codecs import get_codec
-from vsrflow.media.encode import EncoderSettings
+from vsrflow.media.codecs import EncoderSettings, get_codec
 from vsrflow.media.probe import MediaInfo, probe, sample_aspect_ratio_of
 from vsrflow.models import LoadedModel, get_model
 from vsrflow.pipeline import upscale_batch

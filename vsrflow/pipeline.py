@@ -38,9 +38,10 @@ import numpy as np
 from vsrflow.alpha import flatten_over_black, upscale_alpha
 from vsrflow.engine import Upscaler
 from vsrflow.errors import CorruptMediaError
+from vsrflow.media.codecs import EncoderSettings
 from vsrflow.media.decode import DecodedFrame, decode_range
 from vsrflow.media.deinterlace import filtered_frames
-from vsrflow.media.encode import ChunkEncoder, EncoderSettings
+from vsrflow.media.encode import ChunkEncoder
 from vsrflow.media.probe import VideoParams
 from vsrflow.plan import Batch
 from vsrflow.results import BatchResult

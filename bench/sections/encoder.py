@@ -50,7 +50,7 @@ def run_encoders(
     import torch
 
     from vsrflow.engine import EngineSettings
-    from vsrflow.media.encode import EncoderSettings
+    from vsrflow.media.codecs import EncoderSettings
 
     rig = BatchRig(fresh_upscaler(model, EngineSettings()), clip, frames, scratch / "enc-chunks")
     n = rig.n

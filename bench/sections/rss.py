@@ -28,7 +28,7 @@ def worker_rss(clip: Path, workdir: Path, settings: EngineSettings | None = None
     a batch this long), with the engine ``settings`` (default: the defaults), and this
     process's peak resident set."""
     from vsrflow.engine import EngineSettings, Upscaler
-    from vsrflow.media.encode import EncoderSettings
+    from vsrflow.media.codecs import EncoderSettings
     from vsrflow.media.probe import probe
     from vsrflow.pipeline import upscale_batch
     from vsrflow.plan import plan_batches

@@ -38,7 +38,7 @@ def run_speed(
     import torch
 
     from vsrflow.engine import EngineSettings
-    from vsrflow.media.encode import EncoderSettings
+    from vsrflow.media.codecs import EncoderSettings
 
     settings = EngineSettings()
     rig = BatchRig(fresh_upscaler(model, settings), clip, frames, scratch / "core-chunks")
