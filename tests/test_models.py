@@ -787,6 +787,41 @@ def test_full_strength_needs_no_partner(general_pair) -> None:
         load_model(weights, denoise_strength=0.5, search_path=[models], allow_download=False)
 
 
+def test_a_partner_out_of_reach_is_named_with_the_step_that_fetches_it(
+    general_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user asks for realesr-general-x4v3 at denoise strength 0.5 on an offline machine that
+    has that file: planning (model_facts) and the loader both say the second file is the
+    partner, how to fetch it, and that strength 1 needs none."""
+    from vsrflow.models.facts import model_facts
+
+    models, *_ = general_pair
+    (models / "realesr-general-wdn-x4v3.pth").unlink()
+    monkeypatch.setenv("VSRFLOW_MODEL_BASE_URL", "http://127.0.0.1:9/closed/")  # never online
+    cache = tmp_path / "empty-cache"
+    weights = resolve_weights("realesr-general-x4v3", search_path=[models])
+    with pytest.raises(WeightsDownloadError) as planned:
+        model_facts(
+            "realesr-general-x4v3", denoise_strength=0.5, search_path=[models], cache_dir=cache
+        )
+    with pytest.raises(WeightsDownloadError) as loading:
+        load_model(weights, denoise_strength=0.5, search_path=[models], cache_dir=cache)
+    for caught in (planned, loading):
+        message = str(caught.value)
+        assert "\n" not in message, message
+        assert message.startswith(
+            "denoise_strength=0.5 blends realesr-general-x4v3 with realesr-general-wdn-x4v3:"
+        ), message
+        assert "`vsrflow models fetch realesr-general-wdn-x4v3`" in message
+        assert "denoise_strength 1 (no blend" in message
+    assert not (cache / "realesr-general-wdn-x4v3.pth").exists()
+    # The model's own file was never the problem: full strength still plans without it.
+    facts = model_facts(
+        "realesr-general-x4v3", denoise_strength=1.0, search_path=[models], cache_dir=cache
+    )
+    assert facts.scale == 4
+
+
 @pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan"), True])
 def test_denoise_strength_out_of_range(general_pair, strength: float) -> None:
     models, *_ = general_pair

@@ -94,7 +94,9 @@ def check_face_job(job: FaceJob) -> str:
     except WeightsDownloadError as exc:
         # Workers are often offline (clusters, air-gapped hosts): say how to get the file
         # there, not just that the download failed.
-        raise WeightsDownloadError(f"{exc} {fetch_hint(job.model, '--face-weights')}") from exc
+        raise WeightsDownloadError(
+            f"{exc} {fetch_hint(job.model, 'your own file with --face-weights')}"
+        ) from exc
 
 
 def _context_start(video: VideoParams, start_pts: int, frames: int) -> int:

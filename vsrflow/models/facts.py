@@ -28,7 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsrflow.errors import InvalidDenoiseStrengthError, ModelError, WeightsDownloadError
+from vsrflow.errors import (
+    InvalidDenoiseStrengthError,
+    ModelError,
+    WeightsDownloadError,
+    WeightsNotFoundError,
+)
 from vsrflow.models.registry import ModelSpec, list_specs
 from vsrflow.models.weights import (
     ResolvedWeights,
@@ -83,6 +88,25 @@ def denoise_partner(weights: ResolvedWeights, strength: float) -> str:
             f" (e.g. realesr-general-x4v3); {weights.name} has none"
         )
     return spec.denoise_partner
+
+
+def resolve_partner(weights: ResolvedWeights, strength: float, **fetch: Any) -> ResolvedWeights:
+    """The verified file of ``weights``' denoise partner (``fetch``: the keyword arguments of
+    :func:`resolve_weights`). Out of reach, the error names the partner and the step that puts
+    it where every run finds it: a user asked for ``realesr-general-x4v3`` and would not guess
+    that a second file is needed."""
+    partner = denoise_partner(weights, strength)
+    try:
+        return resolve_weights(partner, **fetch)
+    except WeightsNotFoundError as exc:  # downloads off: its message names the fetch step
+        raise WeightsNotFoundError(f"{_blend(weights, partner, strength)} {exc}") from exc
+    except WeightsDownloadError as exc:
+        hint = fetch_hint(partner, "denoise_strength 1 (no blend, no second file)")
+        raise WeightsDownloadError(f"{_blend(weights, partner, strength)} {exc} {hint}") from exc
+
+
+def _blend(weights: ResolvedWeights, partner: str, strength: float) -> str:
+    return f"denoise_strength={strength} blends {weights.name} with {partner}:"
 
 
 def release_for(weights: ResolvedWeights) -> ModelSpec | None:
@@ -170,10 +194,12 @@ def model_facts(
     try:
         weights = resolve_weights(model, **fetch)
     except WeightsDownloadError as exc:
-        raise WeightsDownloadError(f"{exc} {fetch_hint(model, '--weights')}") from exc
+        raise WeightsDownloadError(
+            f"{exc} {fetch_hint(model, 'your own file with --weights')}"
+        ) from exc
     digest = weights.sha256
     if strength != 1.0:  # before any inspection: refused at once
-        partner = resolve_weights(denoise_partner(weights, strength), **fetch)
+        partner = resolve_partner(weights, strength, **fetch)
         digest = blended_digest(weights.sha256, partner.sha256, strength)
     release = release_for(weights)
     scale = release.scale if release is not None else _user_file_scale(weights, cache)

@@ -46,7 +46,7 @@ from vsrflow.errors import (
     UnsafeWeightsError,
     UnsupportedArchitectureError,
 )
-from vsrflow.models.facts import blended_digest, check_unit_interval, denoise_partner
+from vsrflow.models.facts import blended_digest, check_unit_interval, resolve_partner
 from vsrflow.models.weights import ResolvedWeights, resolve_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -225,8 +225,9 @@ def load_model(
     digest = weights.sha256
     source = str(weights.path)
     if strength != 1.0:
-        partner = resolve_weights(
-            denoise_partner(weights, strength),
+        partner = resolve_partner(
+            weights,
+            strength,
             cache_dir=cache_dir,
             search_path=search_path,
             allow_download=allow_download,

@@ -223,13 +223,14 @@ def _sweep_partial_downloads(cache: Path) -> None:
         sweep(cache, legacy=_is_partial_download)
 
 
-def fetch_hint(name: str, own_file_option: str) -> str:
+def fetch_hint(name: str, otherwise: str) -> str:
     """The one-command step that puts registry weights where every run finds them (workers
-    are often offline: clusters, air-gapped hosts), or the option for one's own file."""
+    are often offline: clusters, air-gapped hosts), or what to pass instead (``otherwise``,
+    e.g. "your own file with --weights")."""
     return (
         f"Fetch them once on a machine that can reach the release: `vsrflow models fetch"
         f" {name}` (into {ENV_MODEL_CACHE}), or copy the release file into a directory of"
-        f" {ENV_MODEL_PATH}, or pass your own file with {own_file_option}."
+        f" {ENV_MODEL_PATH}, or pass {otherwise}."
     )
 
 
