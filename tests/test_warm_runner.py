@@ -295,12 +295,14 @@ def test_which_commands_are_served_warm(argv: list[str], env: dict[str, str], se
     assert warm_runner.wanted(argv, env) is served
 
 
-def _start_job(env: dict[str, str], clip: Path, out: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_job(
+    env: dict[str, str], clip: Path, out: Path, **popen: object
+) -> tuple[subprocess.Popen[bytes], int]:
     """A warm upscale started in the background, and its job's pid once the runner forked."""
     before = len(_jobs(env))
     command = subprocess.Popen(
         _command(*_upscale_args(str(clip), str(out))), cwd=out.parent, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen,  # type: ignore[call-overload]
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while len(_jobs(env)) == before and time.monotonic() < deadline:
@@ -308,6 +310,49 @@ def _start_job(env: dict[str, str], clip: Path, out: Path) -> tuple[subprocess.P
     jobs = _jobs(env)
     assert len(jobs) == before + 1, "the runner did not fork a job"
     return command, jobs[-1]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (T: stopped), "" once it is gone."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat_line.rsplit(")", 1)[1].split()[0]
+
+
+def _becomes(pid: int, wanted: Callable[[str], bool], timeout_s: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    state = _state(pid)
+    while not wanted(state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = _state(pid)
+    return state
+
+
+def test_ctrl_z_stops_the_job_with_the_command_and_fg_continues_both(
+    home: Path, no_audio_clip: mf.FixtureInfo, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Ctrl-Z reaches the command only (the job runs in the runner's session): without the
+    forwarding the job would upscale on, its terminal output scrolling over the shell's."""
+    env = _env(home, shared_model)
+    assert _vsrflow(env, "upscale", "in.mp4", cwd=tmp_path).returncode == 2
+    _serving(env)
+    out = tmp_path / "suspended.mp4"
+    # A process group of its own, as a shell's job control gives each command line (a
+    # stop signal to an orphaned group is dropped by the kernel).
+    command, job = _start_job(env, no_audio_clip.path, out, process_group=0)
+    time.sleep(2)  # into the flow run
+    command.send_signal(signal.SIGTSTP)
+    assert _becomes(command.pid, lambda s: s == "T") == "T"
+    assert _becomes(job, lambda s: s == "T") == "T"  # the job stopped too
+    time.sleep(1)
+    assert _state(job) == "T" and not out.exists()  # and stays stopped
+    command.send_signal(signal.SIGCONT)  # what `fg` sends
+    assert _becomes(job, lambda s: s != "T") != "T"  # running again (or already done)
+    _, err = command.communicate(timeout=300)
+    assert command.returncode == 0, err.decode()[-2000:]
+    assert _frames(out) == no_audio_clip.frame_count
 
 
 def test_ctrl_c_and_kill_of_the_command_stop_its_job_and_stopping_the_runner_does_not(

@@ -12,7 +12,8 @@ and its stdin/stdout/stderr themselves (``SCM_RIGHTS``). The runner forks; the c
 all of them and runs ``flows.cli.main`` as the command would have, writing straight to the
 user's terminal, and sends its exit status back (so does the runner when it reaps the child:
 a job killed by a signal still reports one). The command forwards
-Ctrl-C/SIGTERM/SIGHUP to the child's process group; the child stops its group when the
+Ctrl-C/SIGTERM/SIGHUP to the child's process group, and Ctrl-Z stops the group with the
+command until ``fg``/``bg`` continues it; the child stops its group when the
 command dies (its connection closes), so ``kill -9`` of ``vsrflow`` still stops the job.
 
 One runner per environment: its socket is named by a hash of the environment (less a few
@@ -322,19 +323,38 @@ def _reply(replies: Any) -> dict[str, Any] | None:
 
 def _forward_signals(group: int) -> Any:
     """Send Ctrl-C, SIGTERM and SIGHUP to the job's process group (the terminal delivers
-    them to this command only: the job runs in the runner's session). Returns an undo."""
+    them to this command only: the job runs in the runner's session), and make Ctrl-Z stop
+    the job with the command and ``fg``/``bg`` resume it. Returns an undo."""
 
     def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signum)
+        _signal_group(group, signum)
+
+    def suspend(_signum: int, _frame: object) -> None:
+        # The job first (SIGSTOP: its own group may ignore a terminal stop), then this
+        # command by the default action, which returns only once it is continued; then the
+        # job goes on too. Where the kernel drops the stop (an orphaned process group) the
+        # command never stopped and the job is continued at once.
+        _signal_group(group, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), signal.SIGTSTP)
+        finally:
+            signal.signal(signal.SIGTSTP, suspend)
+            _signal_group(group, signal.SIGCONT)
 
     before = {kind: signal.signal(kind, forward) for kind in _FORWARDED}
+    before[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, suspend)
 
     def undo() -> None:
         for kind, handler in before.items():
             signal.signal(kind, handler)
 
     return undo
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
 
 
 def start_in_background(env: Mapping[str, str], paths: RunnerPaths) -> None:
