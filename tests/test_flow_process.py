@@ -57,7 +57,12 @@ def _fresh_python(code: str, **env: str) -> str:
     return done.stdout
 
 
-_LOADED = "sorted(m for m in ('torch', 'spandrel') if m in sys.modules)"
+def _loaded(*modules: str) -> str:
+    """Code that evaluates to which of ``modules`` the fresh interpreter has imported."""
+    return f"sorted(m for m in {modules!r} if m in sys.modules)"
+
+
+_LOADED = _loaded("torch", "spandrel")
 
 
 @pytest.mark.parametrize("module", FLOW_PROCESS_MODULES)
@@ -69,7 +74,7 @@ def test_what_a_flow_process_imports_brings_no_torch(module: str) -> None:
 #: What a control flow (backfill, watch) and parameter validation import: they list storage,
 #: validate settings and start deployments; they never decode, encode or run a model.
 CONTROL_MODULES = ["flows.archive", "flows.params", "vsrflow.settings"]
-_MEDIA_LOADED = "sorted(m for m in ('torch', 'spandrel', 'av', 'numpy') if m in sys.modules)"
+_MEDIA_LOADED = _loaded("torch", "spandrel", "av", "numpy")
 
 
 @pytest.mark.parametrize("module", CONTROL_MODULES)
