@@ -21,6 +21,7 @@ from tasks.storage import locations_for
 from tasks.upscale import face_processor_for, upscaler_for
 from vsrflow import PIPELINE_VERSION, safety
 from vsrflow.errors import redacting
+from vsrflow.faces.facts import check_face_job
 from vsrflow.images import ImageResult, is_image_folder, pair_images, upscale_image_at
 from vsrflow.job import UpscaleJob
 from vsrflow.locations import Locations
@@ -113,8 +114,6 @@ def plan_images(
         safety.check_image_pairs(pairs.pairs, s3)
     weights = model_facts(job.model, denoise_strength=job.denoise_strength).weights_sha256
     if job.faces is not None:  # refused here in one line, before any image is upscaled
-        from vsrflow.faces.step import check_face_job
-
         settings_identity = {**settings_identity, "faces.weights": check_face_job(job.faces)}
     with redacting(), ThreadPoolExecutor(min(PLAN_THREADS, len(pairs.pairs))) as pool:
         items = tuple(

@@ -12,6 +12,7 @@ from tasks.retry import TRANSIENT_RETRIES
 from tasks.storage import locations_for
 from tasks.upscale import chunk_location
 from vsrflow.errors import redacting
+from vsrflow.faces.facts import check_face_job
 from vsrflow.job import JobPlan, UpscaleJob, make_plan
 from vsrflow.media.assemble import (
     AssemblyReport,
@@ -59,7 +60,8 @@ def plan_job(
     credentials_block: str | None = None,
 ) -> JobPlan:
     """Resolve the weights (download + verify if needed; with faces on, the detector's and
-    the face restorer's too, loaded once to refuse a wrong file in one line), check the
+    the face restorer's too, a file of the user's loaded once in a child process to refuse a wrong
+    one in one line: this process never imports torch), check the
     output container can hold every stream, identify the source content, cut it into keyed
     batches and find which batches' chunks the work dir already holds."""
     job = UpscaleJob.from_settings(settings)
@@ -76,8 +78,6 @@ def plan_job(
     model = model_facts(job.model, denoise_strength=job.denoise_strength)
     face_sha256 = None
     if job.faces is not None:  # refused here in one line, before any batch runs
-        from vsrflow.faces.step import check_face_job
-
         face_sha256 = check_face_job(job.faces)
     plan = make_plan(
         info,

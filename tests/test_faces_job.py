@@ -382,6 +382,56 @@ def test_bad_face_weights_are_refused_at_planning_in_one_line(
     assert not output.exists() and not list(work.rglob("*.mkv"))
 
 
+def test_planning_a_face_job_verifies_the_restorer_without_torch(
+    random_gfpgan: Path, shared_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The flow process plans (issue 11: it orchestrates, small and torch-free): a user's
+    restorer file is loaded once in a child, which says it is GFPGAN, and recorded per
+    sha256 in the model cache; a file that is no face restorer gets the loader's own
+    refusal class and line from that child."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "facts-cache"
+    code = (
+        "import json, sys; from vsrflow.faces.facts import check_face_job;"
+        " from vsrflow.faces.job import FaceJob; from vsrflow.errors import VsrflowError\n"
+        "try:\n"
+        "    out = check_face_job(FaceJob(model=sys.argv[1], detector='blazeface-back',"
+        " strength=0.5, window=5, faces_per_pass=4))\n"
+        "except VsrflowError as exc:\n"
+        "    out = [type(exc).__name__, str(exc)]\n"
+        "print(json.dumps([out, sorted(m for m in ('torch', 'spandrel') if m in sys.modules)]))"
+    )
+
+    def plan(weights: Path) -> list:
+        env = {**os.environ, "VSRFLOW_MODEL_CACHE": str(cache)}
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(weights)], env=env, capture_output=True,
+            text=True, timeout=600, check=True,
+        )  # fmt: skip
+        return json.loads(done.stdout)
+
+    sha = hashlib.sha256(random_gfpgan.read_bytes()).hexdigest()
+    assert plan(random_gfpgan) == [sha, []]
+    record = json.loads((cache / "facts" / f"{sha}.face.json").read_text())
+    assert record["architecture"] == "GFPGAN"
+
+    not_a_face = tmp_path / "not-a-face.pth"  # an SR network no release has the bytes of
+    state = torch.load(
+        shared_model("realesr-animevideov3.pth"), map_location="cpu", weights_only=True
+    )
+    state = {k: v + 1e-3 for k, v in state["params"].items()}
+    torch.save({"params": state}, not_a_face)
+    (kind, message), loaded = plan(not_a_face)
+    assert kind == "UnsupportedArchitectureError" and loaded == []
+    assert "\n" not in message and "not a face restorer" in message and "Compact" in message
+    records = sorted((cache / "facts").glob("*.face.json"))
+    assert records == [cache / "facts" / f"{sha}.face.json"]  # refusals are not recorded
+
+
 def test_registry_face_weights_out_of_reach_name_the_fetch_command(
     plain_clip: Path, shared_model: Callable[[str], Path], tmp_path: Path
 ) -> None:

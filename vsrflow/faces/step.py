@@ -32,17 +32,14 @@ from PIL import Image
 from vsrflow.compare import compose
 from vsrflow.engine import resolve_device
 from vsrflow.engine_settings import Precision
-from vsrflow.errors import WeightsDownloadError
 from vsrflow.faces.blazeface import FaceDetector
 from vsrflow.faces.detections import Detection
 from vsrflow.faces.job import FaceJob
 from vsrflow.faces.processor import FaceProcessor, FaceSample
-from vsrflow.faces.registry import resolve_detector_weights
 from vsrflow.faces.restore import FaceRestorer, get_face_model
 from vsrflow.faces.track import TrackSettings
 from vsrflow.media.decode import decode_range
 from vsrflow.media.probe import VideoParams
-from vsrflow.models.weights import fetch_hint
 
 #: Source frames detected per forward pass of the detector.
 DETECT_CHUNK = 16
@@ -81,22 +78,6 @@ def face_processor_for(
     return FaceProcessor(
         detector, restorer, strength=job.strength, tracking=TrackSettings(window=job.window)
     )
-
-
-def check_face_job(job: FaceJob) -> str:
-    """Resolve and load what ``job`` needs, before any batch runs; returns the restorer's
-    sha256 (for the batch keys). Raises the typed one-line errors of the weights code: a
-    detector file missing or not matching its hash, restorer weights missing, not matching
-    the registry's sha256, not downloadable, or not a GFPGAN/RestoreFormer network."""
-    resolve_detector_weights(job.detector)
-    try:
-        return get_face_model(job.model, device="cpu").weights_sha256
-    except WeightsDownloadError as exc:
-        # Workers are often offline (clusters, air-gapped hosts): say how to get the file
-        # there, not just that the download failed.
-        raise WeightsDownloadError(
-            f"{exc} {fetch_hint(job.model, 'your own file with --face-weights')}"
-        ) from exc
 
 
 def _context_start(video: VideoParams, start_pts: int, frames: int) -> int:
@@ -201,7 +182,6 @@ def clear_face_step_cache() -> None:
 
 __all__ = [
     "DETECT_CHUNK",
-    "check_face_job",
     "clear_face_step_cache",
     "face_processor_for",
     "plan_batch_faces",

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vsrflow import errors
 from vsrflow.errors import (
     InvalidDenoiseStrengthError,
     ModelError,
     WeightsDownloadError,
     WeightsNotFoundError,
 )
-from vsrflow.models.registry import ModelSpec, list_specs
+from vsrflow.models.registry import ModelPurpose, ModelSpec, list_specs
 from vsrflow.models.weights import (
     ResolvedWeights,
     default_cache_dir,
@@ -109,15 +110,16 @@ def _blend(weights: ResolvedWeights, partner: str, strength: float) -> str:
     return f"denoise_strength={strength} blends {weights.name} with {partner}:"
 
 
-def release_for(weights: ResolvedWeights) -> ModelSpec | None:
-    """The registry entry these bytes are: named, or a user file with a release's sha256."""
+def release_for(weights: ResolvedWeights, purpose: ModelPurpose | None = "sr") -> ModelSpec | None:
+    """The registry entry these bytes are: named, or a user file with the sha256 of a
+    release for ``purpose`` (``None``: any)."""
     if weights.spec is not None:
         return weights.spec
-    return next((s for s in list_specs(purpose="sr") if s.sha256 == weights.sha256), None)
+    return next((s for s in list_specs(purpose) if s.sha256 == weights.sha256), None)
 
 
-def _record_path(cache_dir: Path, sha256: str) -> Path:
-    return cache_dir / FACTS_FOLDER / f"{sha256}.json"
+def _record_path(cache_dir: Path, sha256: str, *, face: bool = False) -> Path:
+    return cache_dir / FACTS_FOLDER / (f"{sha256}.face.json" if face else f"{sha256}.json")
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -143,30 +145,49 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
                 os.unlink(tmp)
 
 
-def inspect_in_child(path: Path) -> dict[str, Any]:
+def inspect_in_child(path: Path, *, face: bool = False) -> dict[str, Any]:
     """Load ``path`` in a child Python (this interpreter, an argument list, no shell) and
-    return what it says: ``{"scale": int, "architecture": str}``. A file that is no model
-    raises :class:`ModelError` with the loader's own one-line message."""
-    command = [sys.executable, "-m", "vsrflow.models.inspect", str(path)]
+    return what it says: ``{"scale": int, "architecture": str}``; ``face``: as a face
+    restorer. A file that is no such model raises the loader's own error class (a
+    :class:`ModelError`) with its one-line message."""
+    command = [sys.executable, "-m", "vsrflow.models.inspect", *(["--face"] if face else [])]
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S, check=False
+            [*command, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=INSPECT_TIMEOUT_S,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         raise ModelError(f"{path}: loading the model took over {INSPECT_TIMEOUT_S} s") from exc
     if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ModelError(lines[-1] if lines else f"{path}: the model could not be loaded")
+        raise _child_error(done.stdout, done.stderr, path)
     return dict(json.loads(done.stdout))
 
 
-def _user_file_scale(weights: ResolvedWeights, cache_dir: Path) -> int:
-    record_path = _record_path(cache_dir, weights.sha256)
+def _child_error(stdout: str, stderr: str, path: Path) -> ModelError:
+    """The refusal the child reported (``{"error": class name, "message": ...}``), as that
+    class when it is one of ours, else a :class:`ModelError` with stderr's last line."""
+    with contextlib.suppress(ValueError, KeyError, TypeError):  # no report: a crash
+        reported = json.loads(stdout)
+        kind = getattr(errors, str(reported["error"]), None)
+        if isinstance(kind, type) and issubclass(kind, ModelError):
+            return kind(str(reported["message"]))
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return ModelError(lines[-1] if lines else f"{path}: the model could not be loaded")
+
+
+def inspected(weights: ResolvedWeights, cache_dir: Path, *, face: bool = False) -> dict[str, Any]:
+    """What a child learnt loading the user file ``weights`` (:func:`inspect_in_child`),
+    recorded per sha256 in ``cache_dir``: a file is loaded once per cache, not once per job,
+    and the flow process never imports torch for it."""
+    record_path = _record_path(cache_dir, weights.sha256, face=face)
     record = _read_record(record_path)
     if record is None:
-        record = {"version": FACTS_VERSION, **inspect_in_child(weights.path)}
+        record = {"version": FACTS_VERSION, **inspect_in_child(weights.path, face=face)}
         _write_record(record_path, record)
-    return int(record["scale"])
+    return record
 
 
 def model_facts(
@@ -202,5 +223,5 @@ def model_facts(
         partner = resolve_partner(weights, strength, **fetch)
         digest = blended_digest(weights.sha256, partner.sha256, strength)
     release = release_for(weights)
-    scale = release.scale if release is not None else _user_file_scale(weights, cache)
+    scale = release.scale if release is not None else int(inspected(weights, cache)["scale"])
     return ModelFacts(name=weights.name, weights_sha256=digest, scale=scale)
