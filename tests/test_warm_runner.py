@@ -136,6 +136,11 @@ def test_a_later_run_is_a_warm_child_with_the_commands_directory_environment_and
     assert job != runner["pid"] and _gone(job)
     summary = json.loads(warm.stdout)
     assert summary["frames"] == no_audio_clip.frame_count
+    # The job's own peak memory, not the ~780 MB of imports it shares with the runner
+    # (measured: cold 878 MB with the model in the flow process, warm 135, runner 776).
+    runner_mb = _status_kb(int(runner["pid"]), "VmRSS") / 1024
+    cold_mb = json.loads(cold.stdout)["flow_peak_rss_mb"]
+    assert 10 < summary["flow_peak_rss_mb"] < min(runner_mb, cold_mb) / 2, (runner_mb, cold_mb)
     # Prefect's log level came from this command (WARNING unless -v), not from the runner's
     # import: no INFO lines on the console.
     assert "Beginning flow run" not in warm.stderr and "| INFO" not in warm.stderr
@@ -161,6 +166,13 @@ def test_a_later_run_is_a_warm_child_with_the_commands_directory_environment_and
     assert len(_jobs(env)) == 4
     served = warm_runner.running(env)
     assert [(r["pid"], r["jobs"]) for r in served] == [(runner["pid"], 4)]
+
+
+def _status_kb(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
 
 
 def _on_a_terminal(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str]:

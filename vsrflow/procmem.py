@@ -4,7 +4,8 @@ Not ``getrusage().ru_maxrss``: Linux carries that peak across fork+exec, so a pr
 by a large one (a benchmark holding torch, a notebook, a Prefect worker) reports at least its
 parent's size whatever it does itself: the CLI's flow process read 776 MB started from the
 bench, 178 MB started from a shell, for the same run. ``/proc/self/status`` counts this
-program's own address space.
+program's own address space. A job forked by the warm runner starts with the runner's pages
+in its RSS; it reports its peak beyond them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,24 @@ def proc_status_mb(name: str, pid: int | None = None) -> float:
     return float("nan")
 
 
+#: Resident MB this process had when it was forked (no exec) from a warm process: pages it
+#: shares with that parent (0 for a program started the usual way).
+_resident_at_fork_mb = 0.0
+
+
+def note_forked() -> None:
+    """Call first thing in a child forked from a large warm process (the warm runner's jobs):
+    the kernel counts every page it shares with the parent in its RSS and starts its peak
+    there, so a job would report the runner's ~780 MB of imports as its own."""
+    global _resident_at_fork_mb
+    resident = proc_status_mb("VmRSS")
+    _resident_at_fork_mb = resident if resident == resident else 0.0  # NaN: no /proc
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this program (MB): ``VmHWM``, else ``ru_maxrss`` (no /proc)."""
+    """Peak resident memory of this program (MB): ``VmHWM``, else ``ru_maxrss`` (no /proc),
+    less what it shared with a warm parent when forked (:func:`note_forked`)."""
     peak = proc_status_mb("VmHWM")
-    if peak == peak:  # not NaN
-        return round(peak, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if peak != peak:  # NaN
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return round(max(peak - _resident_at_fork_mb, 0.0), 1)

@@ -123,8 +123,9 @@ class VideoResult:
     #: The submission window: batches per worker slot, tasks submitted, the most batches in
     #: flight per slot count (``{"per_slot": 2, "submitted": 6, "peaks": {"2": 4}}``).
     window: dict[str, Any] = field(default_factory=dict)
-    #: Peak resident memory of the process that ran the flow (MB, ``VmHWM``): with
-    #: bounded submission it depends on the cluster's size, not on the video's length.
+    #: Peak resident memory of the process that ran the flow (MB, ``VmHWM``; a warm job's
+    #: beyond the pages it shares with the runner): with bounded submission it depends on
+    #: the cluster's size, not on the video's length.
     flow_peak_rss_mb: float = 0.0
 
 

@@ -641,6 +641,9 @@ def _run_job(
     code, killed_by = 1, None
     ran = False
     try:
+        from vsrflow import procmem  # standard library only, like this module
+
+        procmem.note_forked()  # the runner's pages are not this job's memory
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
