@@ -266,6 +266,24 @@ def test_a_runner_that_could_not_serve_is_not_started_again(
     assert warm_runner.running(env) == [] and not paths.log.exists()
 
 
+def test_server_stop_right_after_a_start_stops_the_starting_runner(
+    home: Path, shared_model: Callable[[str], Path]
+) -> None:
+    """A runner takes a second or more to write its own record (Python's start, then the
+    socket): ``vsrflow server stop`` in that window found nothing, and the runner it missed
+    then served for an hour. The command that starts one records it at once."""
+    env = _env(home, shared_model)
+    paths = warm_runner.runner_paths(env)
+    assert paths is not None
+    warm_runner.start_in_background(env, paths)
+    stopped = warm_runner.stop_all(env)  # at once: the runner is still starting up
+    assert len(stopped) == 1 and stopped[0].get("starting") is True
+    assert _gone(int(stopped[0]["pid"]), 10)
+    assert warm_runner.running(env) == []
+    assert not list(paths.folder.glob("*.json"))  # no record of it is left
+    assert "serving" not in _read(paths.log)
+
+
 def test_an_edited_or_added_module_changes_the_code_stamp(tmp_path: Path) -> None:
     """A runner never runs code older than the checkout: the key covers every module."""
     for package in ("vsrflow", "flows", "tasks", "deployments"):

@@ -184,6 +184,11 @@ class RunnerPaths:
         """Written when this runner could not serve; why, for whoever looks."""
         return self.folder / f"{self.key}.failed"
 
+    def starting(self, pid: int) -> Path:
+        """The record of runner ``pid`` written by the command that started it, until the
+        runner writes its own: ``vsrflow server stop`` right after a run finds it too."""
+        return self.folder / f"{self.key}.starting-{pid}.json"
+
 
 def _socket_folder(env: Mapping[str, str]) -> Path | None:
     """``$XDG_RUNTIME_DIR`` (else ``$TMPDIR`` or /tmp) ``/vsrflow-<uid>``, made 0700; None
@@ -373,7 +378,7 @@ def start_in_background(env: Mapping[str, str], paths: RunnerPaths) -> None:
             os.kill(int(state["pid"]), signal.SIGTERM)
     command = [sys.executable, "-m", "vsrflow.warm_runner", "serve"]
     with open(paths.log, "ab") as log:
-        subprocess.Popen(
+        runner = subprocess.Popen(
             [*command, os.fspath(paths.socket), os.fspath(paths.folder)],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -383,22 +388,31 @@ def start_in_background(env: Mapping[str, str], paths: RunnerPaths) -> None:
             start_new_session=True,
             close_fds=True,
         )
+    now = time.time()
+    state = {"pid": runner.pid, "socket": os.fspath(paths.socket), "started": now,
+             "last_used": now, "jobs": 0, "starting": True}  # fmt: skip
+    _write_record(paths.starting(runner.pid), state)
 
 
 # -- records: status and stop -----------------------------------------------------------------
 
 
 def running(env: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The runners of this ``PREFECT_HOME`` that are alive: pid, socket, started, jobs."""
+    """The runners of this ``PREFECT_HOME`` that are alive (one record each, starting ones
+    included): pid, socket, started, jobs."""
     from vsrflow.background_server import _alive
 
-    found = []
+    found: dict[int, dict[str, Any]] = {}
     for record in sorted(runners_dir(env).glob("*.json")):
         with contextlib.suppress(OSError, ValueError):
             state = json.loads(record.read_text())
-            if _alive(int(state["pid"])) and _is_runner(int(state["pid"])):
-                found.append(state)
-    return found
+            pid = int(state["pid"])
+            if _alive(pid) and _is_runner(pid):
+                if pid not in found or found[pid].get("starting"):
+                    found[pid] = state  # its own record over the starting one
+            elif ".starting-" in record.name:
+                record.unlink()  # a runner killed before it wrote its own
+    return list(found.values())
 
 
 def stop_all(env: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -448,10 +462,12 @@ def serve(paths: RunnerPaths) -> None:
     child per job until idle, stopped, or the socket is gone."""
     global _lock_file
     path, record = paths.socket, paths.record
+    starting = paths.starting(os.getpid())
     _lock_file = open(paths.lock, "a")  # noqa: SIM115  # held for the lifetime
     try:
         fcntl.flock(_lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        starting.unlink(missing_ok=True)
         return  # another runner for this key is starting or serving
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -469,6 +485,7 @@ def serve(paths: RunnerPaths) -> None:
     state = {"pid": me, "socket": os.fspath(path), "started": now, "last_used": now, "jobs": 0}
     _write_record(record, state)
     try:
+        starting.unlink(missing_ok=True)
         started = time.perf_counter()
         try:
             for module in PRELOAD:
@@ -496,6 +513,7 @@ def serve(paths: RunnerPaths) -> None:
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == inode:
                 path.unlink()
+        starting.unlink(missing_ok=True)  # written after this runner's own record: a late one
         with contextlib.suppress(OSError, ValueError):
             if json.loads(record.read_text()).get("pid") == me:
                 record.unlink()
