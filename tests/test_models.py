@@ -783,8 +783,12 @@ def test_full_strength_needs_no_partner(general_pair) -> None:
     loaded = load_model(weights, denoise_strength=1.0, search_path=[models], allow_download=False)
     assert loaded.weights_sha256 == shas["realesr-general-x4v3"]
     assert all(torch.equal(loaded.descriptor.model.state_dict()[k], general[k]) for k in general)
-    with pytest.raises(WeightsNotFoundError, match="realesr-general-wdn-x4v3"):
+    with pytest.raises(WeightsNotFoundError, match="realesr-general-wdn-x4v3") as caught:
         load_model(weights, denoise_strength=0.5, search_path=[models], allow_download=False)
+    message = str(caught.value)  # downloads off: the partner named, the fetch step, the way out
+    assert message.startswith("denoise_strength=0.5 blends realesr-general-x4v3 with")
+    assert "vsrflow models fetch realesr-general-wdn-x4v3" in message
+    assert message.endswith("Or use denoise_strength 1 (no blend, no second file).")
 
 
 def test_a_partner_out_of_reach_is_named_with_the_step_that_fetches_it(

@@ -282,6 +282,27 @@ def test_server_stop_right_after_a_start_stops_the_starting_runner(
     assert warm_runner.running(env) == []
     assert not list(paths.folder.glob("*.json"))  # no record of it is left
     assert "serving" not in _read(paths.log)
+    assert not paths.failed.exists()  # a stop is no failure: the next run starts one again
+
+
+def test_server_stop_during_a_runners_imports_is_no_failed_import(
+    home: Path, shared_model: Callable[[str], Path]
+) -> None:
+    """A stop while the runner imports (its own record written, torch and Prefect loading)
+    ends it cleanly; taken for a failed import it would have turned warm runs off for good."""
+    env = _env(home, shared_model)
+    paths = warm_runner.runner_paths(env)
+    assert paths is not None
+    warm_runner.start_in_background(env, paths)
+    deadline = time.monotonic() + 60
+    while not paths.record.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert paths.record.exists(), _read(paths.log)
+    (stopped,) = warm_runner.stop_all(env)
+    assert _gone(int(stopped["pid"]), 30), _read(paths.log)
+    assert not paths.failed.exists(), paths.failed.read_text()
+    assert not paths.record.exists() and not paths.socket.exists()
+    assert "serving" not in _read(paths.log) and "Traceback" not in _read(paths.log)
 
 
 def test_an_edited_or_added_module_changes_the_code_stamp(tmp_path: Path) -> None:
@@ -373,6 +394,7 @@ def test_ctrl_z_stops_the_job_with_the_command_and_fg_continues_both(
     # stop signal to an orphaned group is dropped by the kernel).
     command, job = _start_job(env, no_audio_clip.path, out, process_group=0)
     time.sleep(2)  # into the flow run
+    assert _state(job) not in ("", "T") and command.poll() is None, "the job ended early"
     command.send_signal(signal.SIGTSTP)
     assert _becomes(command.pid, lambda s: s == "T") == "T"
     assert _becomes(job, lambda s: s == "T") == "T"  # the job stopped too
@@ -383,6 +405,17 @@ def test_ctrl_z_stops_the_job_with_the_command_and_fg_continues_both(
     _, err = command.communicate(timeout=300)
     assert command.returncode == 0, err.decode()[-2000:]
     assert _frames(out) == no_audio_clip.frame_count
+
+    # kill -9 of a suspended command: the stopped job cannot see its connection close; the
+    # runner continues it, and it stops itself as after any kill of its command.
+    killed = tmp_path / "suspended-then-killed.mp4"
+    command, job = _start_job(env, no_audio_clip.path, killed, process_group=0)
+    time.sleep(2)
+    command.send_signal(signal.SIGTSTP)
+    assert _becomes(job, lambda s: s == "T") == "T"
+    command.kill()
+    command.wait(timeout=10)
+    assert _gone(job, 60) and not killed.exists()
 
 
 def test_ctrl_c_and_kill_of_the_command_stop_its_job_and_stopping_the_runner_does_not(

@@ -33,8 +33,10 @@ _resident_at_fork_mb = 0.0
 
 def note_forked() -> None:
     """Call first thing in a child forked from a large warm process (the warm runner's jobs):
-    the kernel counts every page it shares with the parent in its RSS and starts its peak
-    there, so a job would report the runner's ~780 MB of imports as its own."""
+    the kernel counts the parent's resident pages the child was forked with (its anonymous
+    memory: the imported objects) in its RSS and starts its peak there, so a job would report
+    the runner's ~780 MB of imports as its own. File-backed pages (library code) it faults in
+    again later still count: the figure is a slight overestimate, never the runner's size."""
     global _resident_at_fork_mb
     resident = proc_status_mb("VmRSS")
     _resident_at_fork_mb = resident if resident == resident else 0.0  # NaN: no /proc

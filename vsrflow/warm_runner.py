@@ -276,7 +276,7 @@ def run_warm(argv: Sequence[str], path: Path) -> Finished | None:
         def interrupted(signum: int, _frame: object) -> None:
             raise _Interrupted(signum)
 
-        before = {kind: signal.signal(kind, interrupted) for kind in _FORWARDED}
+        before = _install(_FORWARDED, interrupted)
         try:
             sock.settimeout(START_TIMEOUT_S)
             started = _reply(replies)
@@ -347,14 +347,25 @@ def _forward_signals(group: int) -> Any:
             signal.signal(signal.SIGTSTP, suspend)
             _signal_group(group, signal.SIGCONT)
 
-    before = {kind: signal.signal(kind, forward) for kind in _FORWARDED}
-    before[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, suspend)
+    before = _install(_FORWARDED, forward)
+    before.update(_install((signal.SIGTSTP,), suspend))
 
     def undo() -> None:
         for kind, handler in before.items():
             signal.signal(kind, handler)
 
     return undo
+
+
+def _install(kinds: Sequence[signal.Signals], handler: Any) -> dict[signal.Signals, Any]:
+    """``handler`` for each of ``kinds`` the user has not ignored (``nohup`` ignores SIGHUP:
+    then the job must not get it either, as a cold run would not); the previous handlers."""
+    before = {}
+    for kind in kinds:
+        previous = signal.getsignal(kind)
+        if previous != signal.SIG_IGN:
+            before[kind] = signal.signal(kind, handler)
+    return before
 
 
 def _signal_group(group: int, signum: int) -> None:
@@ -439,8 +450,9 @@ def _is_runner(pid: int) -> bool:
 # -- the runner process ---------------------------------------------------------------------------
 
 
-class _Stop(Exception):
-    """SIGTERM: leave the serve loop and clean up."""
+class _Stop(BaseException):
+    """SIGTERM: leave the serve loop and clean up (a BaseException: a stop during the
+    imports is no failed import, and no library's ``except Exception`` swallows it)."""
 
 
 def _idle_seconds() -> float:
@@ -480,11 +492,11 @@ def serve(paths: RunnerPaths) -> None:
     def stop(_signum: int, _frame: object) -> None:
         raise _Stop
 
-    signal.signal(signal.SIGTERM, stop)
     now = time.time()
     state = {"pid": me, "socket": os.fspath(path), "started": now, "last_used": now, "jobs": 0}
-    _write_record(record, state)
     try:
+        signal.signal(signal.SIGTERM, stop)
+        _write_record(record, state)
         starting.unlink(missing_ok=True)
         started = time.perf_counter()
         try:
@@ -529,6 +541,23 @@ def _serve_loop(
     listener: socket.socket, path: Path, inode: int, record: Path, state: dict[str, Any]
 ) -> None:
     jobs: dict[int, socket.socket] = {}  # child pid -> its command's connection
+    try:
+        _serve_jobs(listener, path, inode, record, state, jobs)
+    finally:
+        # Jobs run on without the runner; a stopped one (Ctrl-Z) would die on the SIGHUP
+        # the kernel sends a group orphaned with stopped members: continue them first.
+        for pid in jobs:
+            _signal_group(pid, signal.SIGCONT)
+
+
+def _serve_jobs(
+    listener: socket.socket,
+    path: Path,
+    inode: int,
+    record: Path,
+    state: dict[str, Any],
+    jobs: dict[int, socket.socket],
+) -> None:
     last_active = time.monotonic()
     idle_s = _idle_seconds()
     listener.settimeout(_POLL_S)
@@ -550,6 +579,9 @@ def _serve_loop(
                 with contextlib.suppress(OSError):
                     done.sendall(json.dumps(ending).encode() + b"\n")
             done.close()
+        for pid, connection in jobs.items():
+            if _closed(connection):  # a stopped job cannot see its command die: wake it
+                _signal_group(pid, signal.SIGCONT)
         if jobs or conn is not None:
             last_active = time.monotonic()
         elif idle_s and time.monotonic() - last_active > idle_s:
@@ -560,6 +592,16 @@ def _serve_loop(
                 return  # replaced by another runner's socket
         except OSError:
             return  # removed
+
+
+def _closed(connection: socket.socket) -> bool:
+    """Whether the command at the other end is gone (it sends nothing after its request)."""
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _reaped(jobs: Mapping[int, socket.socket]) -> list[tuple[int, dict[str, int] | None]]:

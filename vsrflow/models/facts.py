@@ -100,10 +100,15 @@ def resolve_partner(weights: ResolvedWeights, strength: float, **fetch: Any) -> 
     try:
         return resolve_weights(partner, **fetch)
     except WeightsNotFoundError as exc:  # downloads off: its message names the fetch step
-        raise WeightsNotFoundError(f"{_blend(weights, partner, strength)} {exc}") from exc
+        why = _blend(weights, partner, strength)
+        raise WeightsNotFoundError(f"{why} {exc}. Or use {_NO_BLEND}.") from exc
     except WeightsDownloadError as exc:
-        hint = fetch_hint(partner, "denoise_strength 1 (no blend, no second file)")
+        hint = fetch_hint(partner, _NO_BLEND)
         raise WeightsDownloadError(f"{_blend(weights, partner, strength)} {exc} {hint}") from exc
+
+
+#: The way out of a missing denoise partner that needs no file.
+_NO_BLEND = "denoise_strength 1 (no blend, no second file)"
 
 
 def _blend(weights: ResolvedWeights, partner: str, strength: float) -> str:
@@ -163,14 +168,23 @@ def inspect_in_child(path: Path, *, face: bool = False) -> dict[str, Any]:
         raise ModelError(f"{path}: loading the model took over {INSPECT_TIMEOUT_S} s") from exc
     if done.returncode != 0:
         raise _child_error(done.stdout, done.stderr, path)
-    return dict(json.loads(done.stdout))
+    try:
+        return dict(json.loads(_last_line(done.stdout)))
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{path}: the model inspection said {done.stdout[-200:]!r}") from exc
+
+
+def _last_line(text: str) -> str:
+    """The child's report: its last line (a library may print before it)."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _child_error(stdout: str, stderr: str, path: Path) -> ModelError:
     """The refusal the child reported (``{"error": class name, "message": ...}``), as that
     class when it is one of ours, else a :class:`ModelError` with stderr's last line."""
     with contextlib.suppress(ValueError, KeyError, TypeError):  # no report: a crash
-        reported = json.loads(stdout)
+        reported = json.loads(_last_line(stdout))
         kind = getattr(errors, str(reported["error"]), None)
         if isinstance(kind, type) and issubclass(kind, ModelError):
             return kind(str(reported["message"]))
