@@ -60,10 +60,10 @@ def plan_job(
     credentials_block: str | None = None,
 ) -> JobPlan:
     """Resolve the weights (download + verify if needed; with faces on, the detector's and
-    the face restorer's too, a file of the user's loaded once in a child process to refuse a wrong
-    one in one line: this process never imports torch), check the
-    output container can hold every stream, identify the source content, cut it into keyed
-    batches and find which batches' chunks the work dir already holds."""
+    the face restorer's too: a file of the user's is loaded once in a child process, so a
+    wrong one is refused in one line and this process never imports torch), check the output
+    container can hold every stream, identify the source content, cut it into keyed batches
+    and find which batches' chunks the work dir already holds."""
     job = UpscaleJob.from_settings(settings)
     locations = locations_for(credentials_block)
     with redacting():

@@ -399,9 +399,7 @@ def start_in_background(env: Mapping[str, str], paths: RunnerPaths) -> None:
             start_new_session=True,
             close_fds=True,
         )
-    now = time.time()
-    state = {"pid": runner.pid, "socket": os.fspath(paths.socket), "started": now,
-             "last_used": now, "jobs": 0, "starting": True}  # fmt: skip
+    state = {**_new_record(runner.pid, paths.socket), "starting": True}
     _write_record(paths.starting(runner.pid), state)
 
 
@@ -492,8 +490,7 @@ def serve(paths: RunnerPaths) -> None:
     def stop(_signum: int, _frame: object) -> None:
         raise _Stop
 
-    now = time.time()
-    state = {"pid": me, "socket": os.fspath(path), "started": now, "last_used": now, "jobs": 0}
+    state = _new_record(me, path)
     try:
         signal.signal(signal.SIGTERM, stop)
         _write_record(record, state)
@@ -529,6 +526,13 @@ def serve(paths: RunnerPaths) -> None:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(record.read_text()).get("pid") == me:
                 record.unlink()
+
+
+def _new_record(pid: int, socket_path: Path) -> dict[str, Any]:
+    """What ``vsrflow server status|stop`` read of a runner that has served no job yet."""
+    now = time.time()
+    return {"pid": pid, "socket": os.fspath(socket_path), "started": now, "last_used": now,
+            "jobs": 0}  # fmt: skip
 
 
 def _write_record(record: Path, state: dict[str, Any]) -> None:

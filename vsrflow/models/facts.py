@@ -155,10 +155,10 @@ def inspect_in_child(path: Path, *, face: bool = False) -> dict[str, Any]:
     return what it says: ``{"scale": int, "architecture": str}``; ``face``: as a face
     restorer. A file that is no such model raises the loader's own error class (a
     :class:`ModelError`) with its one-line message."""
-    command = [sys.executable, "-m", "vsrflow.models.inspect", *(["--face"] if face else [])]
+    flags = ["--face"] if face else []
     try:
         done = subprocess.run(
-            [*command, str(path)],
+            [sys.executable, "-m", "vsrflow.models.inspect", *flags, str(path)],
             capture_output=True,
             text=True,
             timeout=INSPECT_TIMEOUT_S,
@@ -188,8 +188,7 @@ def _child_error(stdout: str, stderr: str, path: Path) -> ModelError:
         kind = getattr(errors, str(reported["error"]), None)
         if isinstance(kind, type) and issubclass(kind, ModelError):
             return kind(str(reported["message"]))
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return ModelError(lines[-1] if lines else f"{path}: the model could not be loaded")
+    return ModelError(_last_line(stderr) or f"{path}: the model could not be loaded")
 
 
 def inspected(weights: ResolvedWeights, cache_dir: Path, *, face: bool = False) -> dict[str, Any]:
