@@ -42,7 +42,7 @@ from vsrflow.job import JobPlan, UpscaleJob
 from vsrflow.lease import OutputLease
 from vsrflow.media.assemble import AssemblyReport
 from vsrflow.media.probe import MediaInfo
-from vsrflow.procmem import peak_rss_mb
+from vsrflow.procmem import peak_rss_mb, return_large_frees
 from vsrflow.report import FaceSummary, MediaSide, RunSummary, face_crop_location, worker_label
 from vsrflow.results import BatchOutcome, VideoResult
 from vsrflow.settings import UpscaleSettings
@@ -92,6 +92,9 @@ def upscale_video(
     work = work_dir or default_work_dir(output_path)
     creds = credentials_block or None
     compute = get_profile(profile)
+    if not compute.runs_batches_here:
+        # Flat memory however long the film; not where frames are upscaled (see procmem).
+        return_large_frees()
     if compute.needs_api_server and not PREFECT_API_URL.value():
         raise ValueError(
             f"profile {profile!r} runs batches in separate worker processes: start a Prefect "

@@ -245,3 +245,30 @@ def test_the_flows_peak_memory_is_its_own_not_a_large_parents() -> None:
     reported, parents = (float(v) for v in done.stdout.split())
     assert parents > 600  # the ballast was resident
     assert 5 < reported < 200, done.stdout
+
+
+_FRAGMENTING = """
+import gc
+from vsrflow.procmem import proc_status_mb, return_large_frees
+took = return_large_frees() if {fixed} else None
+warm = bytes(1 << 20); del warm  # glibc raises its threshold on this first free
+before = proc_status_mb("VmRSS")
+kept, blocks = [], []
+for i in range(64):
+    blocks.append(b"x" * (1 << 20))  # like one FFmpeg sample index: big, then freed
+    kept.append(bytearray(600))  # a small long-lived allocation right after it
+del blocks; gc.collect()
+print(took, proc_status_mb("VmRSS") - before)
+"""
+
+
+def test_the_orchestrating_process_gives_freed_large_blocks_back() -> None:
+    """``return_large_frees`` keeps big allocations in their own mappings: 64 MB of freed
+    1 MB blocks, each followed by a small block still in use, are returned to the system
+    (without it glibc serves them from its heap, and the holes stay resident)."""
+    took, fixed_mb = _fresh_python(_FRAGMENTING.format(fixed=True)).split()
+    if took != "True":
+        pytest.skip("the C library is not glibc (no mallopt M_MMAP_THRESHOLD)")
+    _, default_mb = _fresh_python(_FRAGMENTING.format(fixed=False)).split()
+    assert float(fixed_mb) < 8, fixed_mb
+    assert float(default_mb) > 48, default_mb  # what the setting is for, on this glibc

@@ -26,6 +26,7 @@ from vsrflow.errors import (
 )
 from vsrflow.media.colour import ColourInfo
 from vsrflow.media.probe import MediaInfo, probe
+from vsrflow.media.timestamps import Timestamps
 
 CLIP_FIXTURES = (
     "vfr_clip",
@@ -64,8 +65,8 @@ def test_probe_matches_decoded_fixture(clip: mf.FixtureInfo) -> None:
     info = probe(clip.path)
     video = info.video
     assert video.frame_count == clip.frame_count > 0
-    # Exact pts, in display order, equal to what decoding yields.
-    assert video.pts == clip.pts
+    # Exact pts, in display order, equal to what decoding yields; 8 bytes a frame.
+    assert video.pts == clip.pts and isinstance(video.pts, Timestamps)
     assert video.time_base == clip.time_base
     assert list(video.keyframe_pts) == [clip.pts[i] for i in clip.keyframe_indices]
     assert (video.width, video.height) == (clip.width, clip.height)

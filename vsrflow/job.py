@@ -20,6 +20,7 @@ from vsrflow.media.codecs import EncoderSettings, get_codec
 from vsrflow.media.deinterlace import CYCLE as PULLDOWN_CYCLE
 from vsrflow.media.deinterlace import Decision, choose, with_outputs
 from vsrflow.media.probe import MediaInfo, VideoParams
+from vsrflow.media.timestamps import Timestamps
 from vsrflow.plan import Batch, batch_frames, plan_batches
 from vsrflow.settings import UpscaleSettings
 
@@ -97,7 +98,7 @@ class JobPlan:
             return info
         video = dataclasses.replace(
             info.video,
-            pts=tuple(p for b in self.batches for p in b.out_pts),
+            pts=Timestamps(p for b in self.batches for p in b.out_pts),
             time_base=choice.time_base,
             average_rate=choice.frame_rate,
         )

@@ -10,6 +10,7 @@ in its RSS; it reports its peak beyond them.
 
 from __future__ import annotations
 
+import ctypes
 import resource
 
 
@@ -49,3 +50,28 @@ def peak_rss_mb() -> float:
     if peak != peak:  # NaN
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return round(max(peak - _resident_at_fork_mb, 0.0), 1)
+
+
+#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: Allocations at least this large get their own mapping, unmapped again when freed
+#: (glibc's initial threshold, which it otherwise raises on the first such free).
+LARGE_ALLOCATION_BYTES = 128 * 1024
+
+
+def return_large_frees() -> bool:
+    """Keep large allocations in their own mappings so that freeing them returns the memory.
+
+    glibc raises its mmap threshold (up to 32 MB) the first time a large mapped block is freed;
+    from then on blocks of that size come from the heap, and once freed they stay resident in
+    holes the next allocation rarely fits. An orchestrating process opens the same long
+    source several times (probing, remuxing, the final check) and FFmpeg's sample index of
+    each open is one such block (~90 bytes a frame): the residue grew with the film's length.
+    Fixing the threshold (what ``MALLOC_MMAP_THRESHOLD_`` does at start) keeps it flat. Only
+    for orchestration: a worker allocating frame buffers all the time would pay a mapping per
+    frame. Returns whether the allocator took the setting (False off glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))
+    except (OSError, AttributeError):  # no C library symbols here, or not glibc
+        return False

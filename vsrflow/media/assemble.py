@@ -46,6 +46,7 @@ from vsrflow.media.codecs import (
     get_codec,
 )
 from vsrflow.media.probe import MediaInfo, is_url
+from vsrflow.media.timestamps import Timestamps, int64_array
 
 #: Streams of these kinds are copied from the source into the output.
 COPIED_KINDS = ("audio", "subtitle", "data")
@@ -245,6 +246,10 @@ def _remux(
             out.set_chapters(_chapters_of(src))
         last_dts: int | None = None
         video_packets = 0
+        if not copied:
+            # Nothing left to read from it: an open mp4 holds its whole sample index (~90
+            # bytes a frame), which the mux below would carry for nothing.
+            src.close()
         source_packets = _timed_packets(src, copied, 1) if copied else iter(())
         # The mp4/mov muxer writes the empty mov_text sample that ends each cue by itself, so
         # copying the source's own end samples as well would double every one of them.
@@ -317,13 +322,14 @@ def verify_output(
         tb = video.time_base
         cc = video.codec_context
         side_channel = cc is not None and cc.name in SIDE_CHANNEL_DECODERS
-        got: list[int] = []
+        demuxed = int64_array()
         side_alpha = False
         for p in out.demux(video):
             if p.size and p.pts is not None:
-                got.append(p.pts)
+                demuxed.append(p.pts)
                 side_alpha = side_alpha or (side_channel and p.has_sidedata(BLOCK_ADDITIONAL))
-        got.sort()
+        got = Timestamps.sorted_from(demuxed)
+        del demuxed
         has_alpha = side_alpha or pix_fmt_has_alpha(cc.pix_fmt if cc else None)
         tagged = alpha_tagged(video.metadata) or alpha_tagged(out.metadata)
         copied = sum(1 for s in out.streams if _copyable(s))

@@ -11,6 +11,7 @@ is spent on it.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from vsrflow.media.deinterlace import Deinterlace
 from vsrflow.media.interlace import FieldAnalysis, analyse_fields
 from vsrflow.media.rotation import DisplayMatrix, rotation_of
 from vsrflow.media.structure import check_complete, file_reader, http_reader
+from vsrflow.media.timestamps import Timestamps, int64_array
 
 #: Default ceiling on source frame size (width * height): 8K. Protects workers from absurd or
 #: malicious headers that would allocate gigabytes per frame.
@@ -93,7 +95,9 @@ class VideoInfo:
     bit_depth: int
     time_base: Fraction
     average_rate: Fraction | None
-    pts: tuple[int, ...]
+    #: Every frame's pts (int64, 8 bytes a frame: see :mod:`vsrflow.media.timestamps`); a
+    #: tuple or list given here is converted.
+    pts: Timestamps
     keyframe_pts: tuple[int, ...]
     colour: ColourInfo
     display_matrix: DisplayMatrix | None
@@ -114,6 +118,10 @@ class VideoInfo:
     #: Interlaced, telecined or progressive, as the pixels show it (``idet`` on a sample of
     #: frames; the flags are only reported): :mod:`vsrflow.media.interlace`.
     fields: FieldAnalysis | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pts, Timestamps):
+            object.__setattr__(self, "pts", Timestamps(self.pts))
 
     @property
     def chroma(self) -> str:
@@ -375,7 +383,7 @@ def probe(
             if s.index != vstream.index and s.discard != Discard.all and not is_timecode_track(s)
         ]
         packet_counts = dict.fromkeys((s.index for s in others), 0)
-        pts: list[int] = []
+        demuxed_pts = int64_array()  # 8 bytes a frame; a list of ints holds ~36
         keyframes: list[int] = []
         data_end = 0
         # VP8/VP9 alpha travels as BlockAdditional side data (see vsrflow.media.alpha).
@@ -397,43 +405,40 @@ def probe(
                         f"{path}: video packets carry no timestamps (a raw elementary stream?); "
                         "remux it into mp4/mkv first"
                     )
-                pts.append(packet.pts)
+                demuxed_pts.append(packet.pts)
                 if side_channel and not side_alpha:
                     side_alpha = packet.has_sidedata(BLOCK_ADDITIONAL)
                 if packet.is_keyframe:
                     keyframes.append(packet.pts)
         except av.error.FFmpegError as exc:
             raise CorruptMediaError(
-                f"{path}: demuxing failed after {len(pts)} frames: {exc.strerror}"
+                f"{path}: demuxing failed after {len(demuxed_pts)} frames: {exc.strerror}"
             ) from exc
-        if not pts:
+        if not demuxed_pts:
             raise CorruptMediaError(f"{path}: the video stream holds no frames")
         if size and data_end > size:
             raise CorruptMediaError(
                 f"{path} is truncated: packets reference byte {data_end} but the file has {size}"
             )
         declared = vstream.frames
-        if declared and len(pts) < declared:
+        if declared and len(demuxed_pts) < declared:
             raise CorruptMediaError(
                 f"{path} is truncated: the container declares {declared} video frames, "
-                f"only {len(pts)} are present"
+                f"only {len(demuxed_pts)} are present"
             )
-        pts.sort()
+        pts = Timestamps.sorted_from(demuxed_pts)
+        del demuxed_pts
         keyframes.sort()
         pix_fmt = cc.pix_fmt or "yuv420p"
         flagged_order = getattr(cc, "field_order", None)  # reported only: flags lie
-        display_matrix = read_display_matrix(source, vstream.index)
         alpha_decoder = side_channel_decoder(cc.name) if side_alpha else None
         colour = colour_of(cc, height)
-        side = read_frame_side_data(source, vstream.index)
-        transfer = hdr_transfer(colour.transfer)
-        hdr = HdrInfo(transfer, side.mastering, side.light) if transfer else None
         timecode = timecode_of(
             vstream.metadata,
             container.metadata,
             [s.metadata for s in container.streams if s.type == "data"],
         )
-        video = VideoInfo(
+        stream_facts = dict(
             index=vstream.index,
             codec=cc.name,
             width=width,
@@ -442,17 +447,7 @@ def probe(
             bit_depth=bit_depth_of(pix_fmt),
             time_base=Fraction(vstream.time_base),
             average_rate=Fraction(vstream.average_rate) if vstream.average_rate else None,
-            pts=tuple(pts),
-            keyframe_pts=tuple(keyframes or pts[:1]),
-            colour=colour,
-            display_matrix=display_matrix,
             sample_aspect_ratio=sample_aspect_ratio_of(vstream),
-            alpha=side_alpha or pix_fmt_has_alpha(pix_fmt),
-            alpha_decoder=alpha_decoder,
-            alpha_readable=not side_alpha or alpha_decoder is not None,
-            hdr=hdr,
-            captions=side.caption_frames > 0,
-            timecode=timecode,
         )
         streams = tuple(
             StreamInfo(
@@ -476,18 +471,38 @@ def probe(
         duration = (
             float(container.duration / av.time_base)
             if container.duration
-            else float((pts[-1] - pts[0]) * video.time_base)
+            else float((pts[-1] - pts[0]) * stream_facts["time_base"])
         )
-        info = MediaInfo(
-            path=str(path),
-            size_bytes=size,
-            container=container.format.name,
-            duration_s=duration,
-            video=video,
-            streams=streams,
-            chapters=chapters,
-            metadata=dict(container.metadata),
-        )
+        container_name = container.format.name
+        metadata = dict(container.metadata)
+    # Read with this container closed: each open of a long mp4 holds its whole sample index
+    # (~90 bytes a frame in FFmpeg), and two at once doubled the flow process's peak.
+    display_matrix = read_display_matrix(source, stream_facts["index"])
+    side = read_frame_side_data(source, stream_facts["index"])
+    transfer = hdr_transfer(colour.transfer)
+    video = VideoInfo(
+        **stream_facts,
+        pts=pts,
+        keyframe_pts=tuple(keyframes or pts[:1]),
+        colour=colour,
+        display_matrix=display_matrix,
+        alpha=side_alpha or pix_fmt_has_alpha(pix_fmt),
+        alpha_decoder=alpha_decoder,
+        alpha_readable=not side_alpha or alpha_decoder is not None,
+        hdr=HdrInfo(transfer, side.mastering, side.light) if transfer else None,
+        captions=side.caption_frames > 0,
+        timecode=timecode,
+    )
+    info = MediaInfo(
+        path=str(path),
+        size_bytes=size,
+        container=container_name,
+        duration_s=duration,
+        video=video,
+        streams=streams,
+        chapters=chapters,
+        metadata=metadata,
+    )
     _check_tail_decodes(info, source)
     return _with_fields(info, source, flagged_order)
 
@@ -504,7 +519,7 @@ def _check_tail_decodes(info: MediaInfo, source: str) -> None:
     """Decode the last group of pictures: a file cut mid-GOP fails here, not hours later."""
     video = info.video
     last_key = video.keyframe_pts[-1]
-    expected = sum(1 for p in video.pts if p >= last_key)
+    expected = len(video.pts) - bisect.bisect_left(video.pts, last_key)
     got = count_decodable(source, video.index, last_key)
     if got < expected:
         raise CorruptMediaError(
