@@ -381,7 +381,8 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             add(
                 "10 feature",
                 f"{sd['minutes']} min at {sd['size'][0]}x{sd['size'][1]}: upscale stage outside "
-                f"batch tasks ({sd['batches']} batches)",
+                f"batch tasks ({sd['batches']} batches)"
+                + (f" [{sd['measured_in']}]" if "measured_in" in sd else ""),
                 f"{share:.1%} ({sd['outside_batches_s']:.1f} of {sd['upscale_stage_s']:.0f} s)",
                 f"<= {limit:.0%}",
                 share <= limit,

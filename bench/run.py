@@ -102,7 +102,8 @@ _RUN_ORDER = (
 
 def merge_earlier(results: dict[str, Any], earlier_path: Path) -> None:
     """Add the sections of an earlier results.json that ``results`` lacks, each labelled
-    with the run it was measured in (``merged_sections``: section -> that run)."""
+    with the run it was measured in (``merged_sections``: section -> that run); likewise
+    section 10's 320x180 run when this one measured the films only (``measured_in``)."""
     if not earlier_path.is_file():
         return
     earlier = json.loads(earlier_path.read_text())
@@ -113,6 +114,10 @@ def merge_earlier(results: dict[str, Any], earlier_path: Path) -> None:
             results[key] = earlier[key]
             merged[key] = labels.get(key, f"{earlier['mode']} run of {earlier['started']}")
     results["merged_sections"] = merged
+    feature, earlier_feature = results.get("feature", {}), earlier.get("feature", {})
+    if "sd" not in feature and "runs" in feature and "sd" in earlier_feature:
+        origin = labels.get("feature", f"{earlier['mode']} run of {earlier['started']}")
+        feature["sd"] = {"measured_in": origin, **earlier_feature["sd"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the sections of the results dir's earlier run that this run does not measure "
         "(each section's ratios still come from one run; the report names each section's run)",
+    )
+    parser.add_argument(
+        "--feature-films-only",
+        action="store_true",
+        help="section 10 without its 320x180 orchestration run; with --merge the earlier "
+        "run's is kept, labelled as such",
     )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(argv)
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             "orchestration": lambda: run_orchestration(sizes.tasks, scratch),
             "slurm": lambda: run_slurm(clip, sizes.frames, scratch),
             "startup": lambda: run_startup(warm_clip, scratch),
-            "feature": lambda: run_feature(scratch, args.quick),
+            "feature": lambda: run_feature(scratch, args.quick, sd=not args.feature_films_only),
             "workermem": lambda: run_workermem(scratch, args.quick),
         }
         for name in _RUN_ORDER:
