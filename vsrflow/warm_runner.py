@@ -769,11 +769,9 @@ def _stop_when_orphaned(conn: socket.socket) -> None:
     with contextlib.suppress(OSError):
         while conn.recv(1):
             pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(0, signal.SIGTERM)
+    _signal_group(0, signal.SIGTERM)  # 0: this job's own group
     time.sleep(_ORPHAN_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(0, signal.SIGKILL)
+    _signal_group(0, signal.SIGKILL)
 
 
 if __name__ == "__main__":
