@@ -69,6 +69,7 @@ def test_probe_matches_decoded_fixture(clip: mf.FixtureInfo) -> None:
     assert video.pts == clip.pts and isinstance(video.pts, Timestamps)
     assert video.time_base == clip.time_base
     assert list(video.keyframe_pts) == [clip.pts[i] for i in clip.keyframe_indices]
+    assert isinstance(video.keyframe_pts, Timestamps)  # every frame of an all-intra master
     assert (video.width, video.height) == (clip.width, clip.height)
     assert video.pix_fmt == clip.pix_fmt
     assert video.bit_depth == clip.bit_depth

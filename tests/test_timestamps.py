@@ -18,7 +18,9 @@ def test_timestamps_behave_as_the_tuple_they_replace() -> None:
     assert len(pts) == 4 and pts[-1] == 3003 and type(pts[0]) is int
     assert isinstance(pts[1:3], Timestamps) and pts[1:3] == (1001, 2002)
     assert list(pts) == [0, 1001, 2002, 3003] and 2002 in pts and pts.index(2002) == 2
-    assert hash(pts) == hash(Timestamps((0, 1001, 2002, 3003)))
+    assert hash(pts) == hash((0, 1001, 2002, 3003))  # equal, so hashed alike
+    assert {(0, 1001, 2002, 3003): "found"}.get(pts) == "found"
+    assert pts[::-2] == (3003, 1001) and pts.count(1001) == 1 and 7 not in pts
     assert pickle.loads(pickle.dumps(pts)) == pts
 
 

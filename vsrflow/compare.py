@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -53,7 +54,7 @@ class Comparison:
         )
 
 
-def middle_frame(pts: tuple[int, ...] | list[int], time_base: Fraction) -> tuple[int, float]:
+def middle_frame(pts: Sequence[int], time_base: Fraction) -> tuple[int, float]:
     """(index, seconds) of the middle frame in presentation order."""
     if not pts:
         raise ValueError("no frames to compare")

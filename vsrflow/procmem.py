@@ -69,7 +69,9 @@ def return_large_frees() -> bool:
     each open is one such block (~90 bytes a frame): the residue grew with the film's length.
     Fixing the threshold (what ``MALLOC_MMAP_THRESHOLD_`` does at start) keeps it flat. Only
     for orchestration: a worker allocating frame buffers all the time would pay a mapping per
-    frame. Returns whether the allocator took the setting (False off glibc)."""
+    frame. The setting holds for the rest of the process: the flow calls it once, in the
+    process that runs it (the CLI's, a warm runner's forked job, a deployment's run).
+    Returns whether the allocator took the setting (False off glibc)."""
     try:
         libc = ctypes.CDLL(None)
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))

@@ -98,7 +98,8 @@ class VideoInfo:
     #: Every frame's pts (int64, 8 bytes a frame: see :mod:`vsrflow.media.timestamps`); a
     #: tuple or list given here is converted.
     pts: Timestamps
-    keyframe_pts: tuple[int, ...]
+    #: Keyframes' pts (every frame's in an all-intra master: ProRes, FFV1, DNxHR), likewise.
+    keyframe_pts: Timestamps
     colour: ColourInfo
     display_matrix: DisplayMatrix | None
     sample_aspect_ratio: Fraction | None
@@ -120,8 +121,9 @@ class VideoInfo:
     fields: FieldAnalysis | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pts, Timestamps):
-            object.__setattr__(self, "pts", Timestamps(self.pts))
+        for name in ("pts", "keyframe_pts"):
+            if not isinstance(getattr(self, name), Timestamps):
+                object.__setattr__(self, name, Timestamps(getattr(self, name)))
 
     @property
     def chroma(self) -> str:
@@ -384,7 +386,7 @@ def probe(
         ]
         packet_counts = dict.fromkeys((s.index for s in others), 0)
         demuxed_pts = int64_array()  # 8 bytes a frame; a list of ints holds ~36
-        keyframes: list[int] = []
+        keyframes = int64_array()
         data_end = 0
         # VP8/VP9 alpha travels as BlockAdditional side data (see vsrflow.media.alpha).
         side_channel = cc.name in SIDE_CHANNEL_DECODERS
@@ -428,7 +430,8 @@ def probe(
             )
         pts = Timestamps.sorted_from(demuxed_pts)
         del demuxed_pts
-        keyframes.sort()
+        keyframe_pts = Timestamps.sorted_from(keyframes) if keyframes else pts[:1]
+        del keyframes
         pix_fmt = cc.pix_fmt or "yuv420p"
         flagged_order = getattr(cc, "field_order", None)  # reported only: flags lie
         alpha_decoder = side_channel_decoder(cc.name) if side_alpha else None
@@ -438,17 +441,10 @@ def probe(
             container.metadata,
             [s.metadata for s in container.streams if s.type == "data"],
         )
-        stream_facts = dict(
-            index=vstream.index,
-            codec=cc.name,
-            width=width,
-            height=height,
-            pix_fmt=pix_fmt,
-            bit_depth=bit_depth_of(pix_fmt),
-            time_base=Fraction(vstream.time_base),
-            average_rate=Fraction(vstream.average_rate) if vstream.average_rate else None,
-            sample_aspect_ratio=sample_aspect_ratio_of(vstream),
-        )
+        index, codec = vstream.index, cc.name
+        time_base = Fraction(vstream.time_base)
+        average_rate = Fraction(vstream.average_rate) if vstream.average_rate else None
+        sample_aspect_ratio = sample_aspect_ratio_of(vstream)
         streams = tuple(
             StreamInfo(
                 index=s.index,
@@ -471,19 +467,27 @@ def probe(
         duration = (
             float(container.duration / av.time_base)
             if container.duration
-            else float((pts[-1] - pts[0]) * stream_facts["time_base"])
+            else float((pts[-1] - pts[0]) * time_base)
         )
         container_name = container.format.name
         metadata = dict(container.metadata)
     # Read with this container closed: each open of a long mp4 holds its whole sample index
     # (~90 bytes a frame in FFmpeg), and two at once doubled the flow process's peak.
-    display_matrix = read_display_matrix(source, stream_facts["index"])
-    side = read_frame_side_data(source, stream_facts["index"])
+    display_matrix = read_display_matrix(source, index)
+    side = read_frame_side_data(source, index)
     transfer = hdr_transfer(colour.transfer)
     video = VideoInfo(
-        **stream_facts,
+        index=index,
+        codec=codec,
+        width=width,
+        height=height,
+        pix_fmt=pix_fmt,
+        bit_depth=bit_depth_of(pix_fmt),
+        time_base=time_base,
+        average_rate=average_rate,
+        sample_aspect_ratio=sample_aspect_ratio,
         pts=pts,
-        keyframe_pts=tuple(keyframes or pts[:1]),
+        keyframe_pts=keyframe_pts,
         colour=colour,
         display_matrix=display_matrix,
         alpha=side_alpha or pix_fmt_has_alpha(pix_fmt),

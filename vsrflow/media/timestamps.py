@@ -10,6 +10,7 @@ prints as a summary, not 172,800 numbers.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
@@ -30,13 +31,14 @@ class Timestamps(Sequence[int]):
 
     @classmethod
     def sorted_from(cls, values: array) -> Timestamps:
-        """``values`` (an ``array('q')`` gathered in decode order) in presentation order,
-        sorted without turning them into Python ints first."""
-        ordered = np.frombuffer(values, dtype=np.int64).copy() if len(values) else None
+        """``values`` (an ``array('q')`` gathered in decode order, taken over: not to be used
+        after) in presentation order, sorted in place without turning them into Python ints."""
+        if len(values):
+            view = np.frombuffer(values, dtype=np.int64)
+            view.sort()
+            del view  # the array cannot be resized while numpy holds its buffer
         result = cls()
-        if ordered is not None:
-            ordered.sort(kind="stable")
-            result._values.frombytes(ordered.tobytes())
+        result._values = values
         return result
 
     def __len__(self) -> int:
@@ -50,11 +52,22 @@ class Timestamps(Sequence[int]):
 
     def __getitem__(self, index: int | slice) -> int | Timestamps:
         if isinstance(index, slice):
-            return Timestamps(self._values[index])
+            part = Timestamps()
+            part._values = self._values[index]
+            return part
         return self._values[index]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._values)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values
+
+    def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        return self._values.index(value, start, stop)
+
+    def count(self, value: Any) -> int:
+        return self._values.count(value)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Timestamps):
@@ -66,7 +79,9 @@ class Timestamps(Sequence[int]):
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._values.tobytes())
+        # Equal to the tuple of the same values, so hashed as it is (nothing hashes a film's
+        # pts on a hot path; a dict keyed by both kinds must still find either).
+        return hash(tuple(self._values))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Timestamps, (self._values,))
