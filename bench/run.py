@@ -5,6 +5,7 @@
     python bench/run.py --quick      # smaller inputs, fewer rounds (about 5 min)
     python bench/run.py --no-slurm   # skip the Slurm part
     python bench/run.py --only sweeps,core --results-dir /tmp/b   # some sections only
+    python bench/run.py --only feature --feature-films-only --merge   # section 10's films
 
 Everything is measured IN ONE RUN on the SAME frames (a real clip from the shared data, cut to
 320x180 so frames resemble SD video), because numbers taken on different days, clips or machine
