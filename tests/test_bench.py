@@ -63,3 +63,54 @@ def test_quick_bench_of_speed_and_encoder_writes_its_reports(
     assert "x264 crf 18 veryfast (default)" in table
     with Image.open(out / "plot.png") as plot:
         assert plot.format == "PNG" and plot.width == 1100 and plot.height > 400
+
+
+def test_a_films_only_run_keeps_the_earlier_320x180_row_labelled(tmp_path: Path) -> None:
+    """``--feature-films-only --merge``: section 10's two films are this run's, its 320x180
+    orchestration row the earlier run's, named as such in the JSON and the table."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from bench.report import build_rows
+        from bench.run import merge_earlier
+    finally:
+        sys.path.remove(str(REPO))
+    film = {
+        "flow_peak_rss_mb": 195.0,
+        "batches": 300,
+        "upscale_stage_s": 1900.0,
+        "batch_model_s": 1800.0,
+        "source_frames": 9,
+        "output_frames": 9,
+    }
+    sd = {
+        "minutes": 3,
+        "size": [320, 180],
+        "batches": 45,
+        "outside_batches_share": 0.009,
+        "outside_batches_s": 22.7,
+        "upscale_stage_s": 2453.0,
+    }
+    targets = {"flow_rss_mb": 500, "rss_growth": 1.1, "outside_batches_share": 0.05}
+    earlier = {
+        "mode": "full",
+        "started": "2026-12-03 10:09 UTC",
+        "feature": {"runs": {}, "sd": sd, "targets": targets},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    now = {
+        "mode": "full",
+        "started": "2026-12-03 14:24 UTC",
+        "machine": {},
+        "feature": {
+            "minutes": 120,
+            "size": [32, 18],
+            "rss_growth": 1.06,
+            "frames_exact": True,
+            "targets": targets,
+            "runs": {"full": film, "quarter": {**film, "flow_peak_rss_mb": 184.0}},
+        },
+    }
+    merge_earlier(now, tmp_path / "results.json")
+    assert now["feature"]["sd"] == {"measured_in": "full run of 2026-12-03 10:09 UTC", **sd}
+    metrics = [row.metric for row in build_rows(now)]
+    assert any(m.endswith("(45 batches) [full run of 2026-12-03 10:09 UTC]") for m in metrics)
