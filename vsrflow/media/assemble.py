@@ -329,7 +329,6 @@ def verify_output(
                 demuxed.append(p.pts)
                 side_alpha = side_alpha or (side_channel and p.has_sidedata(BLOCK_ADDITIONAL))
         got = Timestamps.sorted_from(demuxed)
-        del demuxed
         has_alpha = side_alpha or pix_fmt_has_alpha(cc.pix_fmt if cc else None)
         tagged = alpha_tagged(video.metadata) or alpha_tagged(out.metadata)
         copied = sum(1 for s in out.streams if _copyable(s))

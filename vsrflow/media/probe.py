@@ -429,9 +429,7 @@ def probe(
                 f"only {len(demuxed_pts)} are present"
             )
         pts = Timestamps.sorted_from(demuxed_pts)
-        del demuxed_pts
         keyframe_pts = Timestamps.sorted_from(keyframes) if keyframes else pts[:1]
-        del keyframes
         pix_fmt = cc.pix_fmt or "yuv420p"
         flagged_order = getattr(cc, "field_order", None)  # reported only: flags lie
         alpha_decoder = side_channel_decoder(cc.name) if side_alpha else None

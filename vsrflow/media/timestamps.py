@@ -37,6 +37,11 @@ class Timestamps(Sequence[int]):
             view = np.frombuffer(values, dtype=np.int64)
             view.sort()
             del view  # the array cannot be resized while numpy holds its buffer
+        return cls._wrapping(values)
+
+    @classmethod
+    def _wrapping(cls, values: array) -> Timestamps:
+        """``values`` themselves (no copy; the caller gives them up)."""
         result = cls()
         result._values = values
         return result
@@ -52,9 +57,7 @@ class Timestamps(Sequence[int]):
 
     def __getitem__(self, index: int | slice) -> int | Timestamps:
         if isinstance(index, slice):
-            part = Timestamps()
-            part._values = self._values[index]
-            return part
+            return Timestamps._wrapping(self._values[index])  # the slice is already a copy
         return self._values[index]
 
     def __iter__(self) -> Iterator[int]:
